@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format bench clean debian-tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian tools the tests drive as real peers (swaks) and load generators (postfix's smtp-source).
+debian-tools:
+	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null; then \
+		echo "installing swaks and postfix tools"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends swaks postfix >/dev/null; \
+		$$SUDO postfix stop >/dev/null 2>&1 || true; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/remails up
+
+test: $(STAMP) debian-tools
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .remails .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,28 @@
+"""Event buses: where published CloudEvents go. `inprocess` for one process, `knative` for K8s."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cloudevents.http import CloudEvent
+
+from remails.bus.filters import Filter, matches
+
+__all__ = ["Handler", "Publisher", "Trigger", "matches"]
+
+Handler = Callable[[CloudEvent], Awaitable[CloudEvent | None]]
+
+
+class Publisher(Protocol):
+    async def publish(self, event: CloudEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A subscription: events whose attributes match `filters` go to `handler`."""
+
+    name: str
+    filters: Sequence[Filter]
+    handler: Handler

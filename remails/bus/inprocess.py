@@ -1,0 +1,123 @@
+"""The in-process broker: Knative Trigger semantics inside one asyncio process.
+
+Each matching trigger gets its own delivery; a failing handler is retried with exponential
+backoff up to `max_attempts`, then the event goes to the dead-letter log. A handler's reply
+event is published back onto the bus, like a Knative Broker does with a 200 reply.
+Delivery is at-least-once within the process; the database and the sweeper cover a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+
+from cloudevents.http import CloudEvent
+
+from remails.backoff import exponential_delay
+from remails.bus import Trigger, matches
+from remails.log import log_event
+
+__all__ = ["DeadLetter", "InProcessBus"]
+
+logger = logging.getLogger("remails.bus")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    trigger: str
+    event: CloudEvent
+    error: str
+
+
+@dataclass
+class _Delivery:
+    trigger: Trigger
+    event: CloudEvent
+    attempt: int = 1
+
+
+@dataclass
+class InProcessBus:
+    workers: int = 32
+    max_attempts: int = 5
+    backoff_base: float = 0.05
+    backoff_cap: float = 5.0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    _triggers: list[Trigger] = field(default_factory=list)
+    _queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _timers: set[asyncio.TimerHandle] = field(default_factory=set)
+
+    def subscribe(self, trigger: Trigger) -> None:
+        self._triggers.append(trigger)
+
+    async def publish(self, event: CloudEvent) -> None:
+        attributes = event.get_attributes()
+        for trigger in self._triggers:
+            if matches(trigger.filters, attributes):
+                self._queue.put_nowait(_Delivery(trigger, event))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def drain(self) -> None:
+        """Wait until every queued delivery has been handled (retries pending excluded)."""
+        await self._queue.join()
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._queue.get()
+            try:
+                await self._deliver(delivery)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, delivery: _Delivery) -> None:
+        try:
+            reply = await delivery.trigger.handler(delivery.event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(delivery, exc)
+            return
+        if reply is not None:
+            await self.publish(reply)
+
+    def _failed(self, delivery: _Delivery, exc: Exception) -> None:
+        event = delivery.event
+        fields = {
+            "trigger": delivery.trigger.name,
+            "event_type": event["type"],
+            "event_id": event["id"],
+            "attempt": delivery.attempt,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        if delivery.attempt >= self.max_attempts:
+            self.dead_letters.append(DeadLetter(delivery.trigger.name, event, fields["error"]))
+            log_event(logger, "event dead-lettered", logging.ERROR, **fields)
+            return
+        log_event(logger, "event delivery failed, retrying", logging.WARNING, **fields)
+        delay = exponential_delay(
+            delivery.attempt,
+            base=self.backoff_base,
+            cap=self.backoff_cap,
+            jitter=random.uniform(-1, 1),
+        )
+        retry = _Delivery(delivery.trigger, event, delivery.attempt + 1)
+
+        def requeue() -> None:
+            self._timers.discard(timer)
+            self._queue.put_nowait(retry)
+
+        timer = asyncio.get_running_loop().call_later(delay, requeue)
+        self._timers.add(timer)

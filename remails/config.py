@@ -1,0 +1,148 @@
+"""Settings: every `REMAILS_*` environment variable, parsed once at start-up into a frozen object.
+
+A bad value fails with one line naming the variable and what is wrong (`ConfigError`).
+The README's settings table documents each field; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ConfigError", "HostPort", "Settings", "load_settings", "parse_host_port"]
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+HostPort = tuple[str, int]
+
+
+def parse_host_port(value: str, default_port: int | None = None) -> HostPort:
+    """`host:port`, `[v6]:port`, or a bare host when `default_port` is given."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unclosed '[' in {value!r}")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"missing port in {value!r} (expected host:port)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port in {value!r}")
+    return host, int(port_text)
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+Listen = Annotated[HostPort, NoDecode]
+
+
+class Settings(BaseSettings):
+    """All settings of every role; each role reads the ones it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="REMAILS_", frozen=True, extra="ignore")
+
+    database_url: str | None = None
+    data_dir: Path = Path("./.remails")
+    hostname: str = "localhost"
+    smtp_submission_listen: Listen = ("127.0.0.1", 2587)
+    smtp_tls_listen: Listen = ("127.0.0.1", 2465)
+    http_listen: Listen = ("127.0.0.1", 8080)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    outbound_ips: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
+    dns_servers: Annotated[list[HostPort], NoDecode] = Field(default_factory=list)
+    delivery_port: int = Field(default=25, ge=1, le=65535)
+    secret_key: str | None = None
+    bus: Literal["inprocess", "knative"] = "inprocess"
+    tick_seconds: float = Field(default=10.0, gt=0)
+
+    # SMTP edge
+    smtp_max_message_size: int = Field(default=25 * MiB, ge=1024)
+    smtp_max_recipients: int = Field(default=50, ge=1, le=1000)
+    trusted_networks: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    proxy_protocol: bool = False
+    auth_max_failures: int = Field(default=5, ge=1)
+    auth_failure_window_seconds: float = Field(default=300.0, gt=0)
+
+    # Delivery and retries
+    node_name: str | None = None
+    retry_first_seconds: float = Field(default=60.0, gt=0)
+    retry_max_seconds: float = Field(default=1800.0, gt=0)
+    message_lifetime_seconds: float = Field(default=86400.0, gt=0)
+    stuck_after_seconds: float = Field(default=120.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    require_verified_tls: bool = False
+    smtp_client_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("smtp_submission_listen", "smtp_tls_listen", "http_listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("outbound_ips", mode="before")
+    @classmethod
+    def _ips(cls, value: Any) -> Any:
+        ips = _split_commas(value)
+        for ip in ips:
+            ipaddress.ip_address(ip)  # raises ValueError naming the address
+        return ips
+
+    @field_validator("dns_servers", mode="before")
+    @classmethod
+    def _dns(cls, value: Any) -> Any:
+        servers = [
+            parse_host_port(s, 53) if isinstance(s, str) else s for s in _split_commas(value)
+        ]
+        for host, _ in servers:
+            ipaddress.ip_address(host)
+        return servers
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _trusted(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        networks: dict[str, str] = {}
+        for item in _split_commas(value):
+            cidr, sep, project = item.partition("=")
+            if not sep or not project.strip():
+                raise ValueError(f"expected CIDR=PROJECT_ID, got {item!r}")
+            networks[str(ipaddress.ip_network(cidr.strip(), strict=False))] = project.strip()
+        return networks
+
+    @property
+    def effective_node_name(self) -> str:
+        return self.node_name or self.hostname
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus explicit overrides); raise ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "REMAILS_" + str(first["loc"][0]).upper() if first["loc"] else "REMAILS_*"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {message}") from None

@@ -1,0 +1,60 @@
+"""The database: an asyncpg pool on PostgreSQL (embedded when no URL is configured).
+
+Queries live in one module per aggregate (`orgs`, `domains`, `credentials`, `messages`,
+`suppressions`, `egress`); no other module writes SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from remails.config import Settings
+from remails.db.embedded import EmbeddedPostgres, start_embedded
+from remails.db.migrate import migrate
+
+__all__ = ["Database", "Pool", "connect", "create_pool", "migrate"]
+
+Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    pool: Pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    return pool
+
+
+class Database:
+    """The pool plus, when we started it, the embedded server (stopped by `close`)."""
+
+    def __init__(self, pool: Pool, dsn: str, embedded: EmbeddedPostgres | None) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self._embedded = embedded
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+
+
+async def connect(
+    settings: Settings, *, max_size: int = 10, run_migrations: bool = True
+) -> Database:
+    """Start embedded PostgreSQL if needed, open the pool, apply migrations."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = await asyncio.to_thread(start_embedded, settings.data_dir / "postgres")
+        dsn = embedded.dsn
+    pool = await create_pool(dsn, max_size=max_size)
+    if run_migrations:
+        await migrate(pool)
+    return Database(pool, dsn, embedded)

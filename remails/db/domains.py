@@ -1,0 +1,123 @@
+"""Sending domains: their DKIM keys (sealed), projects and verification state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from remails.db.rows import required
+
+__all__ = [
+    "DkimSigningKey",
+    "Domain",
+    "add_domain",
+    "get_domain_by_name",
+    "record_verification",
+    "signing_key",
+    "verified_domains_of_project",
+]
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: UUID
+    organization_id: UUID
+    name: str
+    dkim_selector: str
+    dkim_public_key: str
+    verified_at: datetime | None
+    verification: dict[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DkimSigningKey:
+    domain: str
+    selector: str
+    private_sealed: bytes
+
+    def __repr__(self) -> str:
+        return f"DkimSigningKey(domain={self.domain!r}, selector={self.selector!r})"
+
+
+_COLUMNS = (
+    "id, organization_id, name, dkim_selector, dkim_public_key, verified_at, verification,"
+    " created_at"
+)
+
+
+async def add_domain(
+    pool: asyncpg.Pool,
+    org_id: UUID,
+    project_ids: list[UUID],
+    name: str,
+    selector: str,
+    private_sealed: bytes,
+    public_key: str,
+) -> Domain:
+    async with pool.acquire() as conn, conn.transaction():
+        row = required(
+            await conn.fetchrow(
+                "INSERT INTO domains (organization_id, name, dkim_selector, dkim_private_sealed,"
+                f" dkim_public_key) VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
+                org_id,
+                name,
+                selector,
+                private_sealed,
+                public_key,
+            )
+        )
+        await conn.executemany(
+            "INSERT INTO domain_projects (domain_id, project_id) VALUES ($1, $2)",
+            [(row["id"], p) for p in project_ids],
+        )
+    return Domain(**row)
+
+
+async def get_domain_by_name(pool: asyncpg.Pool, name: str) -> Domain | None:
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM domains WHERE name = $1", name.lower())
+    return Domain(**row) if row else None
+
+
+async def record_verification(
+    pool: asyncpg.Pool, domain_id: UUID, result: dict[str, Any], verified: bool
+) -> Domain:
+    """Store a check's result; `verified_at` is set when it passes and cleared when it fails."""
+    row = required(
+        await pool.fetchrow(
+            "UPDATE domains SET verification = $2, last_checked_at = now(),"
+            " verified_at = CASE WHEN $3 THEN COALESCE(verified_at, now()) ELSE NULL END"
+            f" WHERE id = $1 RETURNING {_COLUMNS}",
+            domain_id,
+            result,
+            verified,
+        )
+    )
+    return Domain(**row)
+
+
+async def verified_domains_of_project(
+    conn: asyncpg.Pool | asyncpg.Connection, project_id: UUID
+) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT d.name FROM domains d JOIN domain_projects dp ON dp.domain_id = d.id"
+        " WHERE dp.project_id = $1 AND d.verified_at IS NOT NULL",
+        project_id,
+    )
+    return [r["name"] for r in rows]
+
+
+async def signing_key(pool: asyncpg.Pool, org_id: UUID, name: str) -> DkimSigningKey | None:
+    row = await pool.fetchrow(
+        "SELECT name, dkim_selector, dkim_private_sealed FROM domains"
+        " WHERE organization_id = $1 AND name = $2",
+        org_id,
+        name.lower(),
+    )
+    if row is None:
+        return None
+    return DkimSigningKey(row["name"], row["dkim_selector"], row["dkim_private_sealed"])

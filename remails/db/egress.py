@@ -1,0 +1,95 @@
+"""The egress side: IP pools, outbound IPs (egress sources) and the sender nodes holding them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from remails.db.rows import required
+
+__all__ = [
+    "IpPool",
+    "create_ip_pool",
+    "get_ip_pool_by_name",
+    "heartbeat",
+    "live_egress_ips",
+    "register_node",
+]
+
+
+@dataclass(frozen=True)
+class IpPool:
+    id: UUID
+    name: str
+    ips: list[str]
+    created_at: datetime
+
+
+async def create_ip_pool(pool: asyncpg.Pool, name: str, ips: list[str]) -> IpPool:
+    """A dedicated pool; its IPs leave the shared pool."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = required(
+            await conn.fetchrow(
+                "INSERT INTO ip_pools (name) VALUES ($1) RETURNING id, name, created_at", name
+            )
+        )
+        await conn.executemany(
+            "INSERT INTO outbound_ips (ip, pool_id) VALUES ($1::inet, $2)"
+            " ON CONFLICT (ip) DO UPDATE SET pool_id = EXCLUDED.pool_id",
+            [(ip, row["id"]) for ip in ips],
+        )
+    return IpPool(row["id"], row["name"], list(ips), row["created_at"])
+
+
+async def get_ip_pool_by_name(pool: asyncpg.Pool, name: str) -> IpPool | None:
+    row = await pool.fetchrow(
+        "SELECT p.id, p.name, p.created_at,"
+        " COALESCE(array_agg(host(o.ip) ORDER BY o.ip) FILTER (WHERE o.ip IS NOT NULL), '{}')"
+        " AS ips"
+        " FROM ip_pools p LEFT JOIN outbound_ips o ON o.pool_id = p.id"
+        " WHERE p.name = $1 GROUP BY p.id",
+        name,
+    )
+    return IpPool(row["id"], row["name"], list(row["ips"]), row["created_at"]) if row else None
+
+
+async def register_node(pool: asyncpg.Pool, node_name: str, ips: list[str]) -> None:
+    """A sender node announces itself and the IPs it can bind."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO sender_nodes (name) VALUES ($1)"
+            " ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), started_at = now()",
+            node_name,
+        )
+        await conn.executemany(
+            "INSERT INTO outbound_ips (ip, node_name) VALUES ($1::inet, $2)"
+            " ON CONFLICT (ip) DO UPDATE SET node_name = EXCLUDED.node_name",
+            [(ip, node_name) for ip in ips],
+        )
+
+
+async def heartbeat(pool: asyncpg.Pool, node_name: str) -> None:
+    await pool.execute("UPDATE sender_nodes SET heartbeat_at = now() WHERE name = $1", node_name)
+
+
+# live_egress_ips: the IPs an organization may send from, held by nodes seen recently.
+# Its dedicated pool when it has one, else the shared pool (IPs in no pool).
+_LIVE_EGRESS = """
+SELECT host(o.ip) AS ip
+  FROM outbound_ips o
+  JOIN sender_nodes n ON n.name = o.node_name
+  JOIN organizations org ON org.id = $1
+ WHERE n.heartbeat_at > now() - make_interval(secs => $2)
+   AND o.pool_id IS NOT DISTINCT FROM org.ip_pool_id
+ ORDER BY o.ip
+"""
+
+
+async def live_egress_ips(
+    conn: asyncpg.Pool | asyncpg.Connection, org_id: UUID, fresh_seconds: float
+) -> list[str]:
+    rows = await conn.fetch(_LIVE_EGRESS, org_id, fresh_seconds)
+    return [r["ip"] for r in rows]

@@ -1,0 +1,106 @@
+"""Organizations and their projects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from uuid import UUID
+
+import asyncpg
+
+from remails.db.rows import required
+
+__all__ = [
+    "Organization",
+    "Project",
+    "create_organization",
+    "create_project",
+    "get_organization",
+    "get_project",
+    "set_block_status",
+    "set_ip_pool",
+]
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: UUID
+    name: str
+    monthly_quota: int
+    quota_used: int
+    quota_period_start: date
+    block_status: str
+    ip_pool_id: UUID | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Project:
+    id: UUID
+    organization_id: UUID
+    name: str
+    retention_days: int
+    created_at: datetime
+
+
+_ORG_COLUMNS = (
+    "id, name, monthly_quota, quota_used, quota_period_start, block_status, ip_pool_id, created_at"
+)
+_PROJECT_COLUMNS = "id, organization_id, name, retention_days, created_at"
+
+
+async def create_organization(
+    pool: asyncpg.Pool, name: str, monthly_quota: int | None = None
+) -> Organization:
+    row = required(
+        await pool.fetchrow(
+            f"INSERT INTO organizations (name, monthly_quota) VALUES ($1, COALESCE($2, 10000))"
+            f" RETURNING {_ORG_COLUMNS}",
+            name,
+            monthly_quota,
+        )
+    )
+    return Organization(**row)
+
+
+async def get_organization(pool: asyncpg.Pool, org_id: UUID) -> Organization | None:
+    row = await pool.fetchrow(f"SELECT {_ORG_COLUMNS} FROM organizations WHERE id = $1", org_id)
+    return Organization(**row) if row else None
+
+
+async def set_ip_pool(pool: asyncpg.Pool, org_id: UUID, ip_pool_id: UUID | None) -> bool:
+    status = await pool.execute(
+        "UPDATE organizations SET ip_pool_id = $2, updated_at = now() WHERE id = $1",
+        org_id,
+        ip_pool_id,
+    )
+    return status == "UPDATE 1"
+
+
+async def set_block_status(pool: asyncpg.Pool, org_id: UUID, block_status: str) -> bool:
+    status = await pool.execute(
+        "UPDATE organizations SET block_status = $2, updated_at = now() WHERE id = $1",
+        org_id,
+        block_status,
+    )
+    return status == "UPDATE 1"
+
+
+async def create_project(
+    pool: asyncpg.Pool, org_id: UUID, name: str, retention_days: int | None = None
+) -> Project:
+    row = required(
+        await pool.fetchrow(
+            "INSERT INTO projects (organization_id, name, retention_days)"
+            f" VALUES ($1, $2, COALESCE($3, 30)) RETURNING {_PROJECT_COLUMNS}",
+            org_id,
+            name,
+            retention_days,
+        )
+    )
+    return Project(**row)
+
+
+async def get_project(pool: asyncpg.Pool, project_id: UUID) -> Project | None:
+    row = await pool.fetchrow(f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = $1", project_id)
+    return Project(**row) if row else None

@@ -1,0 +1,41 @@
+"""DNS lookups through the configured servers (`REMAILS_DNS_SERVERS`), never an implicit default."""
+
+from __future__ import annotations
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from remails.config import Settings
+from remails.errors import TemporaryFailure
+
+__all__ = ["DnsFailure", "make_resolver", "txt_records"]
+
+
+class DnsFailure(TemporaryFailure):
+    """A lookup failed temporarily (timeout, SERVFAIL): the answer is unknown, not empty."""
+
+
+def make_resolver(settings: Settings, timeout: float = 5.0) -> dns.asyncresolver.Resolver:
+    if settings.dns_servers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [host for host, _ in settings.dns_servers]
+        # dnspython takes one port for all servers; a per-server port needs nameserver objects.
+        resolver.nameserver_ports = {host: port for host, port in settings.dns_servers}
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = timeout
+    resolver.timeout = timeout
+    resolver.cache = None
+    return resolver
+
+
+async def txt_records(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """The TXT strings at `name` (multi-string records joined); [] when there are none."""
+    try:
+        answer = await resolver.resolve(name, "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise DnsFailure(f"TXT lookup for {name} failed: {exc.__class__.__name__}") from exc
+    return [b"".join(rdata.strings).decode(errors="replace") for rdata in answer]

@@ -1,0 +1,53 @@
+"""Typed ids and the closed vocabularies shared by code, SQL enums, logs and the API."""
+
+from __future__ import annotations
+
+from typing import Literal, NewType, get_args
+from uuid import UUID
+
+__all__ = [
+    "FINAL_MESSAGE_STATUSES",
+    "FINAL_RECIPIENT_STATUSES",
+    "ApiRole",
+    "BlockStatus",
+    "MessageId",
+    "MessageStatus",
+    "OrgId",
+    "ProjectId",
+    "RecipientStatus",
+    "literal_values",
+]
+
+OrgId = NewType("OrgId", UUID)
+ProjectId = NewType("ProjectId", UUID)
+MessageId = NewType("MessageId", UUID)
+
+ApiRole = Literal["read_only", "maintainer", "admin"]
+BlockStatus = Literal["not_blocked", "no_sending", "full_freeze"]
+
+# received → validated → admitted → routed → sending → delivered | deferred | bounced | failed;
+# held (quota, waits for an operator or the next month) and rejected (invalid) stop the path.
+MessageStatus = Literal[
+    "received",
+    "validated",
+    "admitted",
+    "routed",
+    "sending",
+    "deferred",
+    "delivered",
+    "bounced",
+    "failed",
+    "held",
+    "rejected",
+]
+RecipientStatus = Literal["pending", "suppressed", "delivered", "deferred", "bounced", "failed"]
+
+FINAL_MESSAGE_STATUSES: frozenset[str] = frozenset({"delivered", "bounced", "failed", "rejected"})
+FINAL_RECIPIENT_STATUSES: frozenset[str] = frozenset(
+    {"suppressed", "delivered", "bounced", "failed"}
+)
+
+
+def literal_values(literal: object) -> tuple[str, ...]:
+    """The members of a Literal type, in declaration order (to compare with SQL enums)."""
+    return tuple(str(v) for v in get_args(literal))

@@ -1,0 +1,119 @@
+"""The schema against a real PostgreSQL: migrations, enums, secrets at rest, guarded transitions."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from remails.config import Settings
+from remails.crypto import MasterKey, load_master_key
+from remails.db import Pool, credentials, messages
+from remails.db.migrate import available_migrations, migrate
+from remails.db.pipeline import advance
+from remails.types import ApiRole, BlockStatus, MessageStatus, RecipientStatus, literal_values
+from tests.factories import make_tenant, store_message
+
+
+async def _schema_snapshot(pool: Pool) -> list[tuple[str, str, str]]:
+    rows = await pool.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = 'public' ORDER BY 1, 2"
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_migrations_apply_twice_without_change(pool: Pool) -> None:
+    before = await _schema_snapshot(pool)
+    assert await migrate(pool) == []
+    assert await migrate(pool) == []
+    assert await _schema_snapshot(pool) == before
+    recorded = await pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r["version"] for r in recorded] == [v for v, _ in available_migrations()]
+
+
+@pytest.mark.parametrize(
+    ("enum", "literal"),
+    [
+        ("message_status", MessageStatus),
+        ("recipient_status", RecipientStatus),
+        ("api_role", ApiRole),
+        ("block_status", BlockStatus),
+    ],
+)
+async def test_sql_enums_match_python_vocabulary(pool: Pool, enum: str, literal: object) -> None:
+    values = await pool.fetchval(f"SELECT enum_range(NULL::{enum})::text[]")
+    assert tuple(values) == literal_values(literal)
+
+
+async def test_secrets_are_stored_only_as_digests(pool: Pool, settings: Settings) -> None:
+    tenant = await make_tenant(pool, settings)
+    _, token = await credentials.create_api_key(pool, tenant.org_id, "admin")
+    secret = token.partition(".")[2]
+    dump = await pool.fetchval(
+        "SELECT string_agg(t::text, '|') FROM (SELECT * FROM smtp_credentials) t"
+    ) + await pool.fetchval("SELECT string_agg(t::text, '|') FROM (SELECT * FROM api_keys) t")
+    for plain in (tenant.password, secret, token):
+        assert plain not in dump
+        assert base64.b64encode(plain.encode()).decode() not in dump
+    assert await credentials.authenticate_smtp(pool, tenant.username, tenant.password) is not None
+    assert await credentials.authenticate_smtp(pool, tenant.username, tenant.password + "x") is None
+    assert await credentials.authenticate_smtp(pool, "nobody", tenant.password) is None
+    assert await credentials.authenticate_api_key(pool, token) is not None
+    assert await credentials.authenticate_api_key(pool, token[:-1]) is None
+
+
+async def test_dkim_private_key_needs_the_master_key(
+    pool: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    tenant = await make_tenant(pool, settings)
+    sealed = await pool.fetchval(
+        "SELECT dkim_private_sealed FROM domains WHERE name = $1", tenant.domain
+    )
+    assert b"PRIVATE KEY" not in sealed
+    own = load_master_key(settings.secret_key, settings.data_dir)
+    assert own.open(sealed, context=tenant.domain).startswith(b"-----BEGIN PRIVATE KEY-----")
+    other = load_master_key(None, tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="cannot decrypt"):
+        other.open(sealed, context=tenant.domain)
+    with pytest.raises(ValueError, match="cannot decrypt"):
+        own.open(sealed, context="other.test")  # bound to its domain
+    assert (settings.data_dir / "master.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_master_key_from_setting_must_be_32_bytes(tmp_path: Path) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    assert isinstance(load_master_key(key, tmp_path), MasterKey)
+    from remails.config import ConfigError
+
+    with pytest.raises(ConfigError, match="REMAILS_SECRET_KEY"):
+        load_master_key("c2hvcnQ=", tmp_path)
+
+
+async def test_message_and_recipients_are_stored_together(pool: Pool, settings: Settings) -> None:
+    tenant = await make_tenant(pool, settings)
+    message_id = await store_message(pool, tenant, ["a@dest.test", "b@Other.test", "a@dest.test"])
+    detail = await messages.get_message_detail(pool, message_id)
+    assert detail is not None
+    assert detail["status"] == "received"
+    assert [(r["address"], r["status"]) for r in detail["recipients"]] == [
+        ("a@dest.test", "pending"),
+        ("b@Other.test", "pending"),
+    ]
+    domains = await pool.fetch(
+        "SELECT domain FROM recipients WHERE message_id = $1 ORDER BY id", message_id
+    )
+    assert [d["domain"] for d in domains] == ["dest.test", "other.test"]
+
+
+async def test_a_duplicate_transition_does_not_move_a_message_twice(
+    pool: Pool, settings: Settings
+) -> None:
+    tenant = await make_tenant(pool, settings)
+    message_id = await store_message(pool, tenant, ["a@dest.test"])
+    assert await advance(pool, message_id, ["received"], "validated")
+    assert not await advance(pool, message_id, ["received"], "validated")
+    assert (
+        await pool.fetchval("SELECT status FROM messages WHERE id = $1", message_id) == "validated"
+    )
