@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 
 # Debian tools the tests drive as real peers (swaks) and load generators (postfix's smtp-source).
 debian-tools:
-	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null; then \
+	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null \
+		|| ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null; then \
 		echo "installing swaks and postfix tools"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-			--no-install-recommends swaks postfix >/dev/null; \
+			--no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl \
+			libauthen-sasl-perl postfix >/dev/null; \
 		$$SUDO postfix stop >/dev/null 2>&1 || true; \
 	fi
 

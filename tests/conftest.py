@@ -12,7 +12,7 @@ import trustme
 from remails.config import Settings, load_settings
 from remails.db import Pool, create_pool
 from tests.support.dnsserver import LocalDns
-from tests.support.postgres import TestPostgres
+from tests.support.postgres import PostgresServer
 
 # Nothing in the tests may fall back to the system resolver (it is not on loopback here):
 # anything that forgets to point at its own DNS server gets a closed port and fails.
@@ -23,15 +23,15 @@ for _name in list(os.environ):
 
 
 @pytest.fixture(scope="session")
-async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestPostgres]:
-    pg = TestPostgres(tmp_path_factory.mktemp("postgres"))
+async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresServer]:
+    pg = PostgresServer(tmp_path_factory.mktemp("postgres"))
     await pg.prepare_template()
     yield pg
     pg.stop()
 
 
 @pytest.fixture
-async def dsn(postgres: TestPostgres) -> str:
+async def dsn(postgres: PostgresServer) -> str:
     return await postgres.new_database()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -26,14 +26,15 @@ class NewMessage:
     api_key_id: UUID | None = None
     label: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    id: UUID = field(default_factory=uuid4)
 
 
 # insert_message: the message and all its recipients in one statement (atomic, one round trip).
 _INSERT = """
 WITH m AS (
-    INSERT INTO messages (organization_id, project_id, smtp_credential_id, api_key_id, mail_from,
-                          size, raw, message_id_header, label, metadata, expires_at)
-    VALUES ($1, $2, $3, $4, $5, octet_length($6::bytea), $6::bytea, $7, $8, $9,
+    INSERT INTO messages (id, organization_id, project_id, smtp_credential_id, api_key_id,
+                          mail_from, size, raw, message_id_header, label, metadata, expires_at)
+    VALUES ($12, $1, $2, $3, $4, $5, octet_length($6::bytea), $6::bytea, $7, $8, $9,
             now() + make_interval(secs => $10))
     RETURNING id
 )
@@ -60,6 +61,7 @@ async def insert_message(pool: asyncpg.Pool, new: NewMessage, lifetime_seconds: 
         new.metadata,
         lifetime_seconds,
         list(dict.fromkeys(new.recipients)),  # one row per distinct address
+        new.id,
     )
     message_id: UUID = rows[0]["message_id"]
     return message_id

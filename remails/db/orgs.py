@@ -13,10 +13,12 @@ from remails.db.rows import required
 __all__ = [
     "Organization",
     "Project",
+    "SenderFacts",
     "create_organization",
     "create_project",
     "get_organization",
     "get_project",
+    "sender_facts",
     "set_block_status",
     "set_ip_pool",
 ]
@@ -104,3 +106,40 @@ async def create_project(
 async def get_project(pool: asyncpg.Pool, project_id: UUID) -> Project | None:
     row = await pool.fetchrow(f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = $1", project_id)
     return Project(**row) if row else None
+
+
+@dataclass(frozen=True)
+class SenderFacts:
+    """What the edge needs to decide whether a project may send now."""
+
+    organization_id: UUID
+    project_id: UUID
+    block_status: str
+    quota_left: int
+    verified_domains: list[str]
+
+
+# sender_facts: a project's organization state and verified domains, in one round trip.
+# A quota period that started before this month counts as unused (the reset is lazy).
+_SENDER_FACTS = """
+SELECT p.id AS project_id, o.id AS organization_id, o.block_status,
+       o.monthly_quota - CASE WHEN o.quota_period_start < date_trunc('month', now())::date
+                              THEN 0 ELSE o.quota_used END AS quota_left,
+       ARRAY(SELECT d.name FROM domains d JOIN domain_projects dp ON dp.domain_id = d.id
+              WHERE dp.project_id = p.id AND d.verified_at IS NOT NULL) AS verified_domains
+  FROM projects p JOIN organizations o ON o.id = p.organization_id
+ WHERE p.id = $1
+"""
+
+
+async def sender_facts(pool: asyncpg.Pool, project_id: UUID) -> SenderFacts | None:
+    row = await pool.fetchrow(_SENDER_FACTS, project_id)
+    if row is None:
+        return None
+    return SenderFacts(
+        row["organization_id"],
+        row["project_id"],
+        row["block_status"],
+        row["quota_left"],
+        list(row["verified_domains"]),
+    )

@@ -21,7 +21,7 @@ def dsn_for(base_dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-class TestPostgres:
+class PostgresServer:
     def __init__(self, root: Path) -> None:
         self.server: EmbeddedPostgres = start_embedded(root / "pg")
         self.base_dsn = self.server.dsn

@@ -1,0 +1,295 @@
+"""The aiosmtpd handler: each hook gathers facts, asks a pure decision, replies.
+
+Identity from AUTH (or a trusted network) lives on the session; everything about one message
+lives on the envelope. A message is answered 250 only after it and its recipients are committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
+
+from remails.context import Context
+from remails.db import orgs
+from remails.db.credentials import SmtpIdentity, authenticate_smtp
+from remails.db.messages import NewMessage, insert_message
+from remails.errors import AuthRequired, BareLineEnding, TemporaryFailure
+from remails.events import EventType, MessageEvent, make_event
+from remails.log import log_event
+from remails.message_headers import has_bare_line_ending, prepend_headers
+from smtp_edge.policy import address_domain, check_recipient_count, check_sender, trusted_project
+from smtp_edge.replies import AUTH_THROTTLED, BAD_RECIPIENT, RECIPIENT_OK, SENDER_OK, queued
+from smtp_edge.throttle import AuthThrottle
+
+if TYPE_CHECKING:
+    from smtp_edge.server import EdgeSMTP
+
+__all__ = ["EdgeHandler"]
+
+logger = logging.getLogger("remails.edge")
+
+_TEMPORARY = TemporaryFailure().smtp_reply()
+
+
+def client_ip(session: Session) -> str:
+    """The real client: from the PROXY header when a load balancer sent one."""
+    if session.proxy_data is not None and session.proxy_data.src_addr:
+        return str(session.proxy_data.src_addr)
+    return str(session.peer[0]) if session.peer else ""
+
+
+class EdgeHandler:
+    def __init__(self, ctx: Context, throttle: AuthThrottle) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.throttle = throttle
+        self.storing = 0  # DATA hooks in progress, for a graceful shutdown
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def handle_PROXY(
+        self, server: EdgeSMTP, session: Session, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        return bool(proxy_data.valid)
+
+    async def handle_EHLO(
+        self,
+        server: EdgeSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):  # a client's failed handshake, not our fault
+            log_event(logger, "tls handshake failed", logging.WARNING, error=str(error.__cause__))
+        else:
+            logger.error("smtp session error", exc_info=error)
+        return _TEMPORARY
+
+    # -- AUTH (async: the credential lookup is a database query) ---------------------------
+
+    async def auth_PLAIN(self, server: EdgeSMTP, args: list[str]) -> AuthResult:
+        blob = await self._initial_response(server, args, challenge="")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: EdgeSMTP, args: list[str]) -> AuthResult:
+        login = await self._initial_response(server, args, challenge="User Name\0")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password\0")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(password, bytes)
+        return await self._authenticate(server, login, password)
+
+    async def _initial_response(
+        self, server: EdgeSMTP, args: list[str], challenge: str
+    ) -> bytes | None:
+        if len(args) == 1:
+            answer = await server.challenge_auth(challenge)
+            return answer if isinstance(answer, bytes) else None  # MISSING: already answered 501
+        try:
+            return base64.b64decode(args[1], validate=True)
+        except binascii.Error:
+            await server.push("501 5.5.2 Can't decode base64")
+            return None
+
+    async def _authenticate(self, server: EdgeSMTP, login: bytes, password: bytes) -> AuthResult:
+        assert server.session is not None
+        ip = client_ip(server.session)
+        username = login.decode("utf-8", errors="replace")[:128]
+        keys = [f"ip:{ip}", f"user:{username}"]
+        now = time.monotonic()
+        if self.throttle.blocked(keys, now):
+            log_event(logger, "auth throttled", logging.WARNING, client_ip=ip, username=username)
+            await server.push(str(AUTH_THROTTLED))
+            if server.transport is not None:
+                server.transport.close()
+            return AuthResult(success=False, handled=True)
+        identity = await authenticate_smtp(
+            self.ctx.pool, username, password.decode("utf-8", errors="replace")
+        )
+        if identity is None:
+            self.throttle.record_failure(keys, now)
+            log_event(logger, "auth failed", logging.WARNING, client_ip=ip, username=username)
+            return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd answers 535
+        log_event(
+            logger, "auth ok", client_ip=ip, username=username, project_id=identity.project_id
+        )
+        return AuthResult(success=True, auth_data=identity)
+
+    # -- transaction ----------------------------------------------------------------------
+
+    async def _identity(self, session: Session) -> SmtpIdentity | None:
+        if isinstance(session.auth_data, SmtpIdentity):
+            return session.auth_data
+        project = trusted_project(client_ip(session), self.settings.trusted_networks)
+        if project is None:
+            return None
+        try:
+            project_id = UUID(project)
+        except ValueError:
+            return None
+        facts = await orgs.sender_facts(self.ctx.pool, project_id)
+        if facts is None:
+            log_event(
+                logger,
+                "trusted network names an unknown project",
+                logging.ERROR,
+                project_id=project,
+            )
+            return None
+        identity = SmtpIdentity(None, facts.project_id, facts.organization_id)
+        session.auth_data = identity  # type: ignore[assignment]  # aiosmtpd types it as None
+        return identity
+
+    async def handle_MAIL(
+        self,
+        server: EdgeSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        identity = await self._identity(session)
+        if identity is None:
+            return AuthRequired().smtp_reply()
+        facts = await orgs.sender_facts(self.ctx.pool, identity.project_id)
+        if facts is None:  # the project was deleted during the session
+            return AuthRequired().smtp_reply()
+        refusal = check_sender(facts, address)
+        if refusal is not None:
+            log_event(
+                logger,
+                "sender refused",
+                client_ip=client_ip(session),
+                project_id=identity.project_id,
+                sender_domain=address_domain(address),
+                reason=refusal.error_code,
+            )
+            return refusal.smtp_reply()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return str(SENDER_OK)
+
+    async def handle_RCPT(
+        self,
+        server: EdgeSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        refusal = check_recipient_count(len(envelope.rcpt_tos), self.settings.smtp_max_recipients)
+        if refusal is not None:
+            return refusal.smtp_reply()
+        if address_domain(address) is None:
+            return str(BAD_RECIPIENT)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return str(RECIPIENT_OK)
+
+    async def handle_DATA(self, server: EdgeSMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        if has_bare_line_ending(data):
+            log_event(
+                logger, "bare line ending refused", logging.WARNING, client_ip=client_ip(session)
+            )
+            return BareLineEnding().smtp_reply()
+        identity = session.auth_data
+        if not isinstance(identity, SmtpIdentity) or envelope.mail_from is None:
+            return AuthRequired().smtp_reply()
+        self.storing += 1
+        try:
+            return await self._store(server, session, envelope, identity, data)
+        finally:
+            self.storing -= 1
+
+    async def _store(
+        self,
+        server: EdgeSMTP,
+        session: Session,
+        envelope: Envelope,
+        identity: SmtpIdentity,
+        data: bytes,
+    ) -> str:
+        assert envelope.mail_from is not None
+        message_id = uuid4()
+        now = datetime.now(UTC)
+        protocol = (
+            "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
+        )
+        # The client's IP is left out of the trace on purpose: it is the customer's server.
+        trace = (
+            f"Received: from {session.host_name or 'unknown'} by {self.settings.hostname}"
+            f" with {protocol} id {message_id}; {format_datetime(now)}"
+        )
+        raw, message_id_header = prepend_headers(
+            data, hostname=self.settings.hostname, message_id=str(message_id), now=now, trace=trace
+        )
+        new = NewMessage(
+            organization_id=identity.organization_id,
+            project_id=identity.project_id,
+            mail_from=envelope.mail_from,
+            recipients=list(envelope.rcpt_tos),
+            raw=raw,
+            message_id_header=message_id_header,
+            smtp_credential_id=identity.credential_id,
+            id=message_id,
+        )
+        try:
+            await insert_message(self.ctx.pool, new, self.settings.message_lifetime_seconds)
+        except Exception as exc:
+            log_event(
+                logger,
+                "store failed",
+                logging.ERROR,
+                error=type(exc).__name__,
+                client_ip=client_ip(session),
+            )
+            return _TEMPORARY
+        log_event(
+            logger,
+            "message received",
+            message_id=message_id,
+            project_id=identity.project_id,
+            recipients=len(new.recipients),
+            size=len(raw),
+        )
+        event = make_event(
+            EventType.MESSAGE_RECEIVED,
+            MessageEvent(
+                message_id=message_id,
+                organization_id=identity.organization_id,
+                project_id=identity.project_id,
+            ),
+        )
+        try:
+            await self.ctx.publisher.publish(event)
+        except Exception as exc:  # the row is committed; the sweep re-emits what this missed
+            log_event(
+                logger,
+                "publish failed",
+                logging.WARNING,
+                message_id=message_id,
+                error=type(exc).__name__,
+            )
+        return queued(str(message_id))
