@@ -140,9 +140,7 @@ async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dic
     return await _with_db(settings, work)
 
 
-async def cmd_smtp_credential_create(
-    args: argparse.Namespace, settings: Settings
-) -> dict[str, Any]:
+async def cmd_smtp_credential_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
         if await orgs.get_project(db.pool, args.project_id) is None:
             raise CliError(f"no project {args.project_id}")
@@ -228,17 +226,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("org_id", type=_uuid)
     p.add_argument("pool", help="IP pool name")
 
-    project = sub.add_parser("project", help="projects").add_subparsers(
-        dest="action", required=True
-    )
+    project = sub.add_parser("project", help="projects").add_subparsers(dest="action", required=True)
     p = add(project, "create", cmd_project_create, "create a project")
     p.add_argument("org_id", type=_uuid)
     p.add_argument("name")
     p.add_argument("--retention-days", type=int, default=None)
 
-    domain = sub.add_parser("domain", help="sending domains").add_subparsers(
-        dest="action", required=True
-    )
+    domain = sub.add_parser("domain", help="sending domains").add_subparsers(dest="action", required=True)
     p = add(domain, "add", cmd_domain_add, "add a domain; prints the DNS records to publish")
     p.add_argument("project_id", type=_uuid)
     p.add_argument("domain")
@@ -258,16 +252,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["read_only", "maintainer", "admin"], default="maintainer")
     p.add_argument("--project", type=_uuid, default=None)
 
-    pool = sub.add_parser("ip-pool", help="dedicated IP pools").add_subparsers(
-        dest="action", required=True
-    )
+    pool = sub.add_parser("ip-pool", help="dedicated IP pools").add_subparsers(dest="action", required=True)
     p = add(pool, "create", cmd_ip_pool_create, "create a pool of outbound IPs")
     p.add_argument("name")
     p.add_argument("--ips", required=True, help="comma list of IPs")
 
-    message = sub.add_parser("message", help="messages").add_subparsers(
-        dest="action", required=True
-    )
+    message = sub.add_parser("message", help="messages").add_subparsers(dest="action", required=True)
     p = add(message, "show", cmd_message_show, "a message's status, recipients and attempts")
     p.add_argument("message_id", type=_uuid)
     return parser

@@ -112,9 +112,7 @@ class Settings(BaseSettings):
     @field_validator("dns_servers", mode="before")
     @classmethod
     def _dns(cls, value: Any) -> Any:
-        servers = [
-            parse_host_port(s, 53) if isinstance(s, str) else s for s in _split_commas(value)
-        ]
+        servers = [parse_host_port(s, 53) if isinstance(s, str) else s for s in _split_commas(value)]
         for host, _ in servers:
             ipaddress.ip_address(host)
         return servers

@@ -62,9 +62,7 @@ class MasterKey:
 
     def open(self, sealed: bytes, context: str) -> bytes:
         try:
-            return self._aead.decrypt(
-                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], context.encode()
-            )
+            return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], context.encode())
         except InvalidTag:
             raise ValueError("cannot decrypt: wrong master key or tampered data") from None
 

@@ -61,8 +61,7 @@ class MessageRouted(MessageEvent):
 
 
 class DeliveryAttempted(MessageEvent):
-    outbound_ip: str
-    attempts: int
+    outbound_ip: str | None = None
 
 
 class MessageOutcome(MessageEvent):
@@ -97,7 +96,7 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(EventType.MESSAGE_VALIDATED, "/remails/validate", MessageEvent),
         _spec(EventType.MESSAGE_ADMITTED, "/remails/quota", MessageEvent),
         _spec(EventType.MESSAGE_ROUTED, "/remails/route", MessageRouted, "outboundip"),
-        _spec(EventType.DELIVERY_ATTEMPTED, "/remails/sender", DeliveryAttempted, "outboundip"),
+        _spec(EventType.DELIVERY_ATTEMPTED, "/remails/sender", DeliveryAttempted),
         _spec(EventType.MESSAGE_DELIVERED, "/remails/retry", MessageOutcome),
         _spec(EventType.MESSAGE_DEFERRED, "/remails/retry", MessageOutcome),
         _spec(EventType.MESSAGE_BOUNCED, "/remails/retry", MessageOutcome),

@@ -34,9 +34,7 @@ async def serve_event(request: Request, handler: Handler) -> Response:
     try:
         reply = await handler(event)
     except Exception:
-        logger.exception(
-            "handler crashed", extra={"event_type": event["type"], "event_id": event["id"]}
-        )
+        logger.exception("handler crashed", extra={"event_type": event["type"], "event_id": event["id"]})
         return Response(status_code=500)
     if reply is None:
         return Response(status_code=202)

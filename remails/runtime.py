@@ -1,24 +1,86 @@
 """The composition root: wires the kernel, the functions, the edge and the sender together.
 
-`remails up` runs every role in one process; `remails serve ROLE` runs one.
+`remails up` runs every role in one process; `remails serve ROLE` runs one. This is the only
+module (with the CLI) that imports the deployable units.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from functions import HANDLERS
+from remails.bus import Trigger
+from remails.bus.inprocess import InProcessBus
 from remails.config import Settings
+from remails.context import Context
+from remails.crypto import load_master_key
+from remails.db import Database, connect
+from remails.events import EventType, Tick, make_event
+from remails.log import configure_logging, log_event
+from sender_node.agent import SenderNode
+from smtp_edge.server import EdgeServer
 
-__all__ = ["run_all_in_one", "serve_role"]
+__all__ = ["Runtime", "run_all_in_one", "serve_role"]
+
+logger = logging.getLogger("remails.runtime")
 
 
-async def run_all_in_one(settings: Settings) -> None:
-    raise NotImplementedError
+@dataclass
+class Runtime:
+    """Every role in one process, on the in-process bus."""
 
+    settings: Settings
+    db: Database | None = None
+    bus: InProcessBus = field(default_factory=InProcessBus)
+    ctx: Context | None = None
+    edge: EdgeServer | None = None
+    sender: SenderNode | None = None
+    _ticker: asyncio.Task[None] | None = None
 
-async def serve_role(settings: Settings, role: str, name: str | None) -> None:
-    raise NotImplementedError
+    async def start(self) -> None:
+        self.db = await connect(self.settings, max_size=20)
+        master_key = load_master_key(self.settings.secret_key, self.settings.data_dir)
+        ctx = Context(self.settings, self.db.pool, self.bus, master_key)
+        self.ctx = ctx
+        for sub in HANDLERS:
+            handler = functools.partial(sub.handler, ctx)
+            self.bus.subscribe(Trigger(f"{sub.function}:{sub.filters}", sub.filters, handler))
+        self.sender = SenderNode(ctx)
+        for trigger in self.sender.triggers():
+            self.bus.subscribe(trigger)
+        self.bus.start()
+        await self.sender.start()
+        self.edge = EdgeServer(ctx)
+        await self.edge.start()
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def tick(self) -> None:
+        await self.bus.publish(make_event(EventType.TICK, Tick(at=datetime.now(UTC))))
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_seconds)
+            await self.tick()
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self.edge is not None:
+            await self.edge.stop()
+        if self.sender is not None:
+            await self.sender.stop()
+        await self.bus.stop()
+        if self.db is not None:
+            await self.db.close()
 
 
 def _stop_event() -> asyncio.Event:
@@ -27,3 +89,43 @@ def _stop_event() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def _welcome(settings: Settings, runtime: Runtime) -> str:
+    assert runtime.edge is not None
+    sub_host, sub_port = runtime.edge.submission_address
+    tls_host, tls_port = runtime.edge.tls_address
+    database = (
+        settings.database_url and "REMAILS_DATABASE_URL"
+    ) or f"embedded, {settings.data_dir / 'postgres'}"
+    return "\n".join(
+        [
+            "remails is up",
+            f"  SMTP submission (STARTTLS)  {sub_host}:{sub_port}",
+            f"  SMTP submission (TLS)       {tls_host}:{tls_port}",
+            f"  database                    {database}",
+            f"  outbound IPs                {', '.join(settings.outbound_ips)}",
+            "get going (in another terminal):",
+            "  remails org create Acme --json",
+            "  remails project create ORG_ID main",
+            "  remails domain add PROJECT_ID example.com   # then publish the printed DNS records",
+            "  remails domain verify example.com",
+            "  remails smtp-credential create PROJECT_ID   # SMTP username and password",
+        ]
+    )
+
+
+async def run_all_in_one(settings: Settings) -> None:
+    configure_logging()
+    runtime = Runtime(settings)
+    await runtime.start()
+    print(_welcome(settings, runtime), file=sys.stderr, flush=True)
+    try:
+        await _stop_event().wait()
+    finally:
+        log_event(logger, "stopping")
+        await runtime.stop()
+
+
+async def serve_role(settings: Settings, role: str, name: str | None) -> None:
+    raise NotImplementedError(f"`remails serve {role}` is not available yet; use `remails up`")

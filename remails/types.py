@@ -25,7 +25,8 @@ MessageId = NewType("MessageId", UUID)
 ApiRole = Literal["read_only", "maintainer", "admin"]
 BlockStatus = Literal["not_blocked", "no_sending", "full_freeze"]
 
-# received → validated → admitted → routed → sending → delivered | deferred | bounced | failed;
+# received → validated → admitted → routed → sending → attempted → delivered | deferred |
+# bounced | failed;
 # held (quota, waits for an operator or the next month) and rejected (invalid) stop the path.
 MessageStatus = Literal[
     "received",
@@ -33,6 +34,7 @@ MessageStatus = Literal[
     "admitted",
     "routed",
     "sending",
+    "attempted",
     "deferred",
     "delivered",
     "bounced",
@@ -43,9 +45,7 @@ MessageStatus = Literal[
 RecipientStatus = Literal["pending", "suppressed", "delivered", "deferred", "bounced", "failed"]
 
 FINAL_MESSAGE_STATUSES: frozenset[str] = frozenset({"delivered", "bounced", "failed", "rejected"})
-FINAL_RECIPIENT_STATUSES: frozenset[str] = frozenset(
-    {"suppressed", "delivered", "bounced", "failed"}
-)
+FINAL_RECIPIENT_STATUSES: frozenset[str] = frozenset({"suppressed", "delivered", "bounced", "failed"})
 
 
 def literal_values(literal: object) -> tuple[str, ...]:

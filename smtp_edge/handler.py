@@ -100,9 +100,7 @@ class EdgeHandler:
         assert isinstance(password, bytes)
         return await self._authenticate(server, login, password)
 
-    async def _initial_response(
-        self, server: EdgeSMTP, args: list[str], challenge: str
-    ) -> bytes | None:
+    async def _initial_response(self, server: EdgeSMTP, args: list[str], challenge: str) -> bytes | None:
         if len(args) == 1:
             answer = await server.challenge_auth(challenge)
             return answer if isinstance(answer, bytes) else None  # MISSING: already answered 501
@@ -131,9 +129,7 @@ class EdgeHandler:
             self.throttle.record_failure(keys, now)
             log_event(logger, "auth failed", logging.WARNING, client_ip=ip, username=username)
             return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd answers 535
-        log_event(
-            logger, "auth ok", client_ip=ip, username=username, project_id=identity.project_id
-        )
+        log_event(logger, "auth ok", client_ip=ip, username=username, project_id=identity.project_id)
         return AuthResult(success=True, auth_data=identity)
 
     # -- transaction ----------------------------------------------------------------------
@@ -210,9 +206,7 @@ class EdgeHandler:
     async def handle_DATA(self, server: EdgeSMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
         if has_bare_line_ending(data):
-            log_event(
-                logger, "bare line ending refused", logging.WARNING, client_ip=client_ip(session)
-            )
+            log_event(logger, "bare line ending refused", logging.WARNING, client_ip=client_ip(session))
             return BareLineEnding().smtp_reply()
         identity = session.auth_data
         if not isinstance(identity, SmtpIdentity) or envelope.mail_from is None:
@@ -234,9 +228,7 @@ class EdgeHandler:
         assert envelope.mail_from is not None
         message_id = uuid4()
         now = datetime.now(UTC)
-        protocol = (
-            "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
-        )
+        protocol = "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
         # The client's IP is left out of the trace on purpose: it is the customer's server.
         trace = (
             f"Received: from {session.host_name or 'unknown'} by {self.settings.hostname}"

@@ -26,9 +26,7 @@ class AuthThrottle:
         return times
 
     def blocked(self, keys: list[str], now: float) -> bool:
-        return any(
-            len(self._recent(k, now)) >= self.max_failures for k in keys if k in self._failures
-        )
+        return any(len(self._recent(k, now)) >= self.max_failures for k in keys if k in self._failures)
 
     def record_failure(self, keys: list[str], now: float) -> None:
         if len(self._failures) >= self.max_keys:  # bound memory under a spray of usernames

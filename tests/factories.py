@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from remails.config import Settings
 from remails.crypto import load_master_key
@@ -36,7 +36,7 @@ async def make_tenant(
 async def store_message(pool: Pool, tenant: Tenant, recipients: list[str]) -> UUID:
     raw = (
         f"From: a@{tenant.domain}\r\nTo: {', '.join(recipients)}\r\nSubject: hi\r\n"
-        f"Message-ID: <t@{tenant.domain}>\r\n\r\nbody\r\n"
+        f"Message-ID: <t-{uuid4()}@{tenant.domain}>\r\n\r\nbody\r\n"
     ).encode()
     new = NewMessage(
         tenant.org_id,

@@ -25,9 +25,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    pool: Pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
-    )
+    pool: Pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
     return pool
 
 
@@ -45,9 +43,7 @@ class Database:
             await asyncio.to_thread(self._embedded.stop)
 
 
-async def connect(
-    settings: Settings, *, max_size: int = 10, run_migrations: bool = True
-) -> Database:
+async def connect(settings: Settings, *, max_size: int = 10, run_migrations: bool = True) -> Database:
     """Start embedded PostgreSQL if needed, open the pool, apply migrations."""
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url

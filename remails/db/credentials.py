@@ -75,9 +75,7 @@ SELECT c.id, c.secret_sha256, p.id AS project_id, p.organization_id
 """
 
 
-async def authenticate_smtp(
-    pool: asyncpg.Pool, username: str, password: str
-) -> SmtpIdentity | None:
+async def authenticate_smtp(pool: asyncpg.Pool, username: str, password: str) -> SmtpIdentity | None:
     row = await pool.fetchrow(_SMTP_LOOKUP, username)
     if row is None:
         digest_matches(password, b"\0" * 32)  # same work whether or not the user exists
@@ -119,8 +117,7 @@ async def authenticate_api_key(pool: asyncpg.Pool, token: str) -> ApiKey | None:
     except ValueError:
         return None
     row = await pool.fetchrow(
-        "SELECT id, organization_id, project_id, role, created_at, secret_sha256"
-        " FROM api_keys WHERE id = $1",
+        "SELECT id, organization_id, project_id, role, created_at, secret_sha256 FROM api_keys WHERE id = $1",
         key_id,
     )
     if row is None or not digest_matches(secret, row["secret_sha256"]):

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import required
+from remails.db.rows import Executor, required
 
 __all__ = [
     "DkimSigningKey",
@@ -44,10 +44,7 @@ class DkimSigningKey:
         return f"DkimSigningKey(domain={self.domain!r}, selector={self.selector!r})"
 
 
-_COLUMNS = (
-    "id, organization_id, name, dkim_selector, dkim_public_key, verified_at, verification,"
-    " created_at"
-)
+_COLUMNS = "id, organization_id, name, dkim_selector, dkim_public_key, verified_at, verification, created_at"
 
 
 async def add_domain(
@@ -100,9 +97,7 @@ async def record_verification(
     return Domain(**row)
 
 
-async def verified_domains_of_project(
-    conn: asyncpg.Pool | asyncpg.Connection, project_id: UUID
-) -> list[str]:
+async def verified_domains_of_project(conn: Executor, project_id: UUID) -> list[str]:
     rows = await conn.fetch(
         "SELECT d.name FROM domains d JOIN domain_projects dp ON dp.domain_id = d.id"
         " WHERE dp.project_id = $1 AND d.verified_at IS NOT NULL",

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import required
+from remails.db.rows import Executor, required
 
 __all__ = [
     "IpPool",
@@ -88,8 +88,6 @@ SELECT host(o.ip) AS ip
 """
 
 
-async def live_egress_ips(
-    conn: asyncpg.Pool | asyncpg.Connection, org_id: UUID, fresh_seconds: float
-) -> list[str]:
+async def live_egress_ips(conn: Executor, org_id: UUID, fresh_seconds: float) -> list[str]:
     rows = await conn.fetch(_LIVE_EGRESS, org_id, fresh_seconds)
     return [r["ip"] for r in rows]

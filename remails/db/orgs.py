@@ -45,9 +45,7 @@ class Project:
     created_at: datetime
 
 
-_ORG_COLUMNS = (
-    "id, name, monthly_quota, quota_used, quota_period_start, block_status, ip_pool_id, created_at"
-)
+_ORG_COLUMNS = "id, name, monthly_quota, quota_used, quota_period_start, block_status, ip_pool_id, created_at"
 _PROJECT_COLUMNS = "id, organization_id, name, retention_days, created_at"
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 
-__all__ = ["required"]
+__all__ = ["Executor", "required"]
+
+# Anything that runs a statement: the pool, a connection, or a connection taken from the pool.
+Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 def required(row: asyncpg.Record | None) -> asyncpg.Record:

@@ -18,9 +18,7 @@ from tests.support.wait import wait_until
 def _routed(ip: str) -> CloudEvent:
     return make_event(
         EventType.MESSAGE_ROUTED,
-        MessageRouted(
-            message_id=uuid4(), organization_id=uuid4(), project_id=uuid4(), outbound_ip=ip
-        ),
+        MessageRouted(message_id=uuid4(), organization_id=uuid4(), project_id=uuid4(), outbound_ip=ip),
     )
 
 

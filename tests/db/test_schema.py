@@ -64,13 +64,9 @@ async def test_secrets_are_stored_only_as_digests(pool: Pool, settings: Settings
     assert await credentials.authenticate_api_key(pool, token[:-1]) is None
 
 
-async def test_dkim_private_key_needs_the_master_key(
-    pool: Pool, settings: Settings, tmp_path: Path
-) -> None:
+async def test_dkim_private_key_needs_the_master_key(pool: Pool, settings: Settings, tmp_path: Path) -> None:
     tenant = await make_tenant(pool, settings)
-    sealed = await pool.fetchval(
-        "SELECT dkim_private_sealed FROM domains WHERE name = $1", tenant.domain
-    )
+    sealed = await pool.fetchval("SELECT dkim_private_sealed FROM domains WHERE name = $1", tenant.domain)
     assert b"PRIVATE KEY" not in sealed
     own = load_master_key(settings.secret_key, settings.data_dir)
     assert own.open(sealed, context=tenant.domain).startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -101,19 +97,13 @@ async def test_message_and_recipients_are_stored_together(pool: Pool, settings: 
         ("a@dest.test", "pending"),
         ("b@Other.test", "pending"),
     ]
-    domains = await pool.fetch(
-        "SELECT domain FROM recipients WHERE message_id = $1 ORDER BY id", message_id
-    )
+    domains = await pool.fetch("SELECT domain FROM recipients WHERE message_id = $1 ORDER BY id", message_id)
     assert [d["domain"] for d in domains] == ["dest.test", "other.test"]
 
 
-async def test_a_duplicate_transition_does_not_move_a_message_twice(
-    pool: Pool, settings: Settings
-) -> None:
+async def test_a_duplicate_transition_does_not_move_a_message_twice(pool: Pool, settings: Settings) -> None:
     tenant = await make_tenant(pool, settings)
     message_id = await store_message(pool, tenant, ["a@dest.test"])
     assert await advance(pool, message_id, ["received"], "validated")
     assert not await advance(pool, message_id, ["received"], "validated")
-    assert (
-        await pool.fetchval("SELECT status FROM messages WHERE id = $1", message_id) == "validated"
-    )
+    assert await pool.fetchval("SELECT status FROM messages WHERE id = $1", message_id) == "validated"

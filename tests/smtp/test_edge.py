@@ -18,9 +18,7 @@ from tests.smtp.conftest import Edge, EdgeFactory
 from tests.support.postgres import PostgresServer
 from tests.support.rawsmtp import RawSmtp
 
-MESSAGE = (
-    b"From: app@example.test\r\nTo: user@dest.test\r\nSubject: code\r\n\r\nYour code is 123456.\r\n"
-)
+MESSAGE = b"From: app@example.test\r\nTo: user@dest.test\r\nSubject: code\r\n\r\nYour code is 123456.\r\n"
 
 
 async def _login(edge: Edge, implicit: bool = False) -> aiosmtplib.SMTP:
@@ -270,9 +268,7 @@ async def test_message_id_and_date_are_added_when_missing(edge: Edge) -> None:
     assert parsed["Received"].startswith("from client.test by mx.remails.test with ESMTPSA")
 
 
-async def test_a_database_outage_gives_451_and_stores_nothing(
-    edge: Edge, postgres: PostgresServer
-) -> None:
+async def test_a_database_outage_gives_451_and_stores_nothing(edge: Edge, postgres: PostgresServer) -> None:
     client = await _login(edge)
     await client.mail("app@example.test")
     await client.rcpt("user@dest.test")
@@ -355,12 +351,7 @@ async def test_proxy_protocol_v2_gives_the_real_client_ip(edge_factory: EdgeFact
 
         addresses = ipaddress.ip_address(src).packed + ipaddress.ip_address("127.0.0.1").packed
         payload = addresses + (40000).to_bytes(2, "big") + (25).to_bytes(2, "big")
-        return (
-            b"\r\n\r\n\x00\r\nQUIT\n"
-            + bytes([0x21, 0x11])
-            + len(payload).to_bytes(2, "big")
-            + payload
-        )
+        return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + len(payload).to_bytes(2, "big") + payload
 
     outcomes = {}
     for src in ("10.9.8.7", "192.0.2.1"):

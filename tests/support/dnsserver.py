@@ -65,9 +65,7 @@ class LocalDns:
         quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
         self._udp = DNSServer(self.zone, address="127.0.0.1", port=0, logger=quiet)
         self.port: int = self._udp.server.server_address[1]
-        self._tcp = DNSServer(
-            self.zone, address="127.0.0.1", port=self.port, tcp=True, logger=quiet
-        )
+        self._tcp = DNSServer(self.zone, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
 
     @property
     def servers(self) -> str:

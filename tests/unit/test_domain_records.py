@@ -26,9 +26,7 @@ def test_all_published_verifies() -> None:
 
 
 def test_wrong_dkim_key_or_missing_spf_ip_fails() -> None:
-    ok, checks = check_records(
-        RECORDS, {"dkim": ["v=DKIM1; p=OTHER"], "spf": ["v=spf1 ip4:127.0.0.2 ~all"]}
-    )
+    ok, checks = check_records(RECORDS, {"dkim": ["v=DKIM1; p=OTHER"], "spf": ["v=spf1 ip4:127.0.0.2 ~all"]})
     assert not ok
     assert not checks["dkim"].ok and not checks["spf"].ok and not checks["dmarc"].ok
     assert checks["dkim"].found == ["v=DKIM1; p=OTHER"]
@@ -41,9 +39,7 @@ def test_two_spf_records_are_an_error() -> None:
 
 
 def test_dmarc_is_advised_not_required() -> None:
-    ok, _ = check_records(
-        RECORDS, {"dkim": ["p=MIIBkey"], "spf": ["v=spf1 ip4:127.0.0.2 ip6:::1 ~all"]}
-    )
+    ok, _ = check_records(RECORDS, {"dkim": ["p=MIIBkey"], "spf": ["v=spf1 ip4:127.0.0.2 ip6:::1 ~all"]})
     assert ok
 
 

@@ -12,9 +12,7 @@ from smtp_edge.replies import with_enhanced_code
 from smtp_edge.throttle import AuthThrottle
 
 
-def facts(
-    block: str = "not_blocked", quota_left: int = 10, domains: list[str] | None = None
-) -> SenderFacts:
+def facts(block: str = "not_blocked", quota_left: int = 10, domains: list[str] | None = None) -> SenderFacts:
     return SenderFacts(
         uuid4(), uuid4(), block, quota_left, domains if domains is not None else ["example.test"]
     )
@@ -23,9 +21,7 @@ def facts(
 def test_sender_checks_in_order_block_domain_quota() -> None:
     assert check_sender(facts(), "a@example.test") is None
     assert check_sender(facts(), "a@b.example.test") is None
-    assert isinstance(
-        check_sender(facts(block="no_sending"), "a@example.test"), OrganizationBlocked
-    )
+    assert isinstance(check_sender(facts(block="no_sending"), "a@example.test"), OrganizationBlocked)
     assert isinstance(check_sender(facts(), "a@notexample.test"), SenderDomainNotAllowed)
     assert isinstance(check_sender(facts(domains=[]), "a@example.test"), SenderDomainNotAllowed)
     assert isinstance(check_sender(facts(quota_left=0), "a@example.test"), QuotaExhausted)

@@ -17,20 +17,14 @@ def test_missing_attribute_never_matches() -> None:
 def test_prefix_suffix_any_all_not() -> None:
     assert matches([{"prefix": {"type": "message."}}], ROUTED)
     assert matches([{"suffix": {"type": ".routed"}}], ROUTED)
-    assert matches(
-        [{"any": [{"exact": {"type": "tick"}}, {"exact": {"type": "message.routed"}}]}], ROUTED
-    )
-    assert not matches(
-        [{"all": [{"prefix": {"type": "message."}}, {"exact": {"type": "tick"}}]}], ROUTED
-    )
+    assert matches([{"any": [{"exact": {"type": "tick"}}, {"exact": {"type": "message.routed"}}]}], ROUTED)
+    assert not matches([{"all": [{"prefix": {"type": "message."}}, {"exact": {"type": "tick"}}]}], ROUTED)
     assert matches([{"not": {"exact": {"type": "tick"}}}], ROUTED)
 
 
 def test_a_list_needs_every_filter_and_empty_matches_all() -> None:
     assert matches([], ROUTED)
-    assert not matches(
-        [{"prefix": {"type": "message."}}, {"exact": {"outboundip": "10.0.0.1"}}], ROUTED
-    )
+    assert not matches([{"prefix": {"type": "message."}}, {"exact": {"outboundip": "10.0.0.1"}}], ROUTED)
 
 
 def test_unknown_dialect_is_an_error_not_a_silent_match() -> None:

@@ -1,0 +1,27 @@
+"""quota: count the message against its organization's monthly quota, atomically.
+
+message.validated → message.admitted | message.held (kept, re-driven when quota returns)
+"""
+
+from __future__ import annotations
+
+from cloudevents.http import CloudEvent
+
+from remails.context import Context
+from remails.db import pipeline
+from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
+
+__all__ = ["FILTERS", "handle"]
+
+FILTERS = [{"exact": {"type": EventType.MESSAGE_VALIDATED.value}}]
+
+
+async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
+    data = event_data(event, MessageEvent)
+    result = await pipeline.admit(ctx.pool, data.message_id)
+    if result == "admitted":
+        return make_event(EventType.MESSAGE_ADMITTED, data)
+    if result == "held":
+        outcome = MessageOutcome(**data.model_dump(), status="held", reason="monthly quota used up")
+        return make_event(EventType.MESSAGE_HELD, outcome)
+    return None

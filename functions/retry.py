@@ -1,0 +1,149 @@
+"""retry: decide each recipient's fate after an attempt, and sweep for due or stuck messages.
+
+delivery.attempted → message.delivered | message.deferred | message.bounced | message.failed
+tick → re-emits whatever is due (deferred), expired (failed) or stuck in any state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import UTC, datetime
+
+from cloudevents.http import CloudEvent
+
+from remails.context import Context
+from remails.db import pipeline, sweep
+from remails.events import (
+    DeliveryAttempted,
+    EventType,
+    MessageEvent,
+    MessageOutcome,
+    MessageRouted,
+    event_data,
+    make_event,
+)
+from remails.log import log_event
+from remails.outcomes import (
+    RecipientResult,
+    RetryPolicy,
+    classify,
+    is_hard_bounce,
+    message_outcome,
+    next_attempt_at,
+)
+
+__all__ = ["ATTEMPT_FILTERS", "TICK_FILTERS", "handle_attempted", "handle_tick"]
+
+ATTEMPT_FILTERS = [{"exact": {"type": EventType.DELIVERY_ATTEMPTED.value}}]
+TICK_FILTERS = [{"exact": {"type": EventType.TICK.value}}]
+
+SWEEP_LIMIT = 500
+
+logger = logging.getLogger("remails.retry")
+
+_OUTCOME_EVENTS = {
+    "delivered": EventType.MESSAGE_DELIVERED,
+    "deferred": EventType.MESSAGE_DEFERRED,
+    "bounced": EventType.MESSAGE_BOUNCED,
+    "failed": EventType.MESSAGE_FAILED,
+}
+
+
+def _reply_text(result: RecipientResult) -> str:
+    parts = [str(result.code) if result.code else "", result.enhanced or "", result.text]
+    return " ".join(p for p in parts if p)
+
+
+async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None:
+    data = event_data(event, DeliveryAttempted)
+    now = datetime.now(UTC)
+    policy = RetryPolicy(ctx.settings.retry_first_seconds, ctx.settings.retry_max_seconds)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        message = await pipeline.load_message(conn, data.message_id, lock=True)
+        if message is None or message.status != "attempted":
+            return None
+        recipients = await pipeline.load_recipients(conn, message.id)
+        statuses: dict[int, str] = {}
+        suppress: list[tuple[str, str]] = []
+        next_attempt = None
+        retry_at = next_attempt_at(message.attempts, now, message.expires_at, policy, random.uniform(-1, 1))
+        for r in recipients:
+            if r.status not in ("pending", "deferred"):
+                continue
+            result = RecipientResult(r.last_code, r.last_enhanced, r.last_text or "")
+            disposition: str = classify(result)
+            if disposition == "deferred" and retry_at is None:
+                disposition = "failed"  # the next try would be past the message lifetime
+            statuses[r.id] = disposition
+            if is_hard_bounce(result):
+                suppress.append((r.address, "hard bounce: " + _reply_text(result)))
+        final = message_outcome([statuses.get(r.id, r.status) for r in recipients])
+        if final == "deferred":
+            next_attempt = retry_at
+        counts = {s: list(statuses.values()).count(s) for s in set(statuses.values())}
+        reason = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or None
+        if not await pipeline.apply_outcome(conn, message, statuses, suppress, final, reason, next_attempt):
+            return None
+    log_event(
+        logger,
+        "attempt decided",
+        message_id=message.id,
+        status=final,
+        attempts=message.attempts,
+        **counts,
+    )
+    outcome = MessageOutcome(
+        message_id=message.id,
+        organization_id=message.organization_id,
+        project_id=message.project_id,
+        status=final,
+        reason=reason,
+    )
+    return make_event(_OUTCOME_EVENTS[final], outcome)
+
+
+def _event_for(swept: sweep.Swept) -> CloudEvent | None:
+    base = MessageEvent(
+        message_id=swept.id, organization_id=swept.organization_id, project_id=swept.project_id
+    )
+    if swept.status == "received":
+        return make_event(EventType.MESSAGE_RECEIVED, base)
+    if swept.status == "validated":
+        return make_event(EventType.MESSAGE_VALIDATED, base)
+    if swept.status == "admitted":
+        return make_event(EventType.MESSAGE_ADMITTED, base)
+    if swept.status == "attempted":
+        return make_event(EventType.DELIVERY_ATTEMPTED, DeliveryAttempted(**base.model_dump()))
+    if swept.status == "routed" and swept.outbound_ip:
+        return make_event(
+            EventType.MESSAGE_ROUTED,
+            MessageRouted(**base.model_dump(), outbound_ip=swept.outbound_ip),
+        )
+    if swept.status == "failed":
+        return make_event(
+            EventType.MESSAGE_FAILED,
+            MessageOutcome(
+                **base.model_dump(),
+                status="failed",
+                reason="not delivered within the message lifetime",
+            ),
+        )
+    return None
+
+
+async def handle_tick(ctx: Context, event: CloudEvent) -> CloudEvent | None:
+    """The sweep. Publishes directly: one tick can move many messages."""
+    swept = [
+        *await sweep.expire_deferred(ctx.pool, SWEEP_LIMIT),
+        *await sweep.due_deferred(ctx.pool, SWEEP_LIMIT),
+        *await sweep.restart_stuck(ctx.pool, ctx.settings.stuck_after_seconds, SWEEP_LIMIT),
+        *await sweep.requeue_held(ctx.pool, SWEEP_LIMIT),
+    ]
+    for item in swept:
+        follow_up = _event_for(item)
+        if follow_up is not None:
+            await ctx.publisher.publish(follow_up)
+    if swept:
+        log_event(logger, "sweep", moved=len(swept))
+    return None

@@ -1,0 +1,101 @@
+"""validate: is the stored message well-formed and may its project send it? Who is suppressed?
+
+message.received → message.validated | message.rejected
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+
+from cloudevents.http import CloudEvent
+
+from remails.context import Context
+from remails.db import pipeline
+from remails.db.domains import verified_domains_of_project
+from remails.domain_records import is_same_or_subdomain
+from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
+from remails.message_headers import header_block
+
+__all__ = ["FILTERS", "Validation", "decide", "handle"]
+
+FILTERS = [{"exact": {"type": EventType.MESSAGE_RECEIVED.value}}]
+
+
+@dataclass(frozen=True)
+class Validation:
+    reject_reason: str | None
+    suppressed: list[str]
+
+
+def _verified_parent(domain: str, verified: list[str]) -> str | None:
+    matches = [d for d in verified if is_same_or_subdomain(domain, d)]
+    return max(matches, key=len) if matches else None
+
+
+def _from_addresses(headers: bytes) -> list[Address] | str:
+    """The From addresses, or the reason they cannot be read."""
+    try:
+        parsed = BytesHeaderParser(policy=default_policy).parsebytes(headers + b"\r\n\r\n")
+        from_header = parsed.get_all("From")
+    except Exception as exc:  # the header parser is strict about structure only
+        return f"unreadable header: {type(exc).__name__}"
+    if not from_header:
+        return "message has no From header"
+    if len(from_header) > 1:
+        return "message has more than one From header"
+    addresses = list(getattr(from_header[0], "addresses", ()))
+    if not addresses or any(not a.domain for a in addresses):
+        return "From header has no valid address"
+    return addresses
+
+
+def decide(
+    headers: bytes,
+    mail_from: str,
+    verified_domains: list[str],
+    recipients: list[str],
+    suppressed: set[str],
+) -> Validation:
+    """Reject unless every From address and the envelope sender sit under one verified domain
+    of the project (DMARC-style alignment, dot boundary); list the suppressed recipients."""
+    envelope_domain = mail_from.rpartition("@")[2].lower()
+    envelope_parent = _verified_parent(envelope_domain, verified_domains)
+    if envelope_parent is None:
+        return Validation(f"envelope sender domain {envelope_domain} is not verified for this project", [])
+    addresses = _from_addresses(headers)
+    if isinstance(addresses, str):
+        return Validation(addresses, [])
+    for address in addresses:
+        if _verified_parent(address.domain.lower(), [envelope_parent]) is None:
+            return Validation(
+                f"From domain {address.domain.lower()} does not align"
+                f" with the sender domain {envelope_parent}",
+                [],
+            )
+    live = [r for r in recipients if r.lower() not in suppressed]
+    if not live:
+        return Validation("every recipient is on the suppression list", list(recipients))
+    return Validation(None, [r for r in recipients if r.lower() in suppressed])
+
+
+async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
+    data = event_data(event, MessageEvent)
+    message = await pipeline.load_message(ctx.pool, data.message_id)
+    if message is None or message.status != "received":
+        return None  # a duplicate, or already moved on
+    raw = await pipeline.load_raw(ctx.pool, message.id) or b""
+    recipients = [r.address for r in await pipeline.load_recipients(ctx.pool, message.id)]
+    suppressed = await pipeline.suppressed_among(ctx.pool, message.organization_id, recipients)
+    verified = await verified_domains_of_project(ctx.pool, message.project_id)
+    decision = decide(header_block(raw), message.mail_from, verified, recipients, suppressed)
+    if decision.reject_reason is not None:
+        if await pipeline.apply_validation(ctx.pool, message.id, decision.suppressed, decision.reject_reason):
+            outcome = MessageOutcome(**data.model_dump(), status="rejected", reason=decision.reject_reason)
+            return make_event(EventType.MESSAGE_REJECTED, outcome)
+        return None
+    if not await pipeline.apply_validation(ctx.pool, message.id, decision.suppressed, None):
+        return None
+    return make_event(EventType.MESSAGE_VALIDATED, data)

@@ -1,0 +1,81 @@
+"""DKIM signing (RFC 6376): dkimpy's canonicalisation and header selection, with the RSA
+operation done by `cryptography` (OpenSSL), which is about five times faster than dkimpy's own
+pure-Python RSA. dkimpy itself is left untouched for everyone else in the process."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+__all__ = ["SIGNED_HEADERS", "DkimSigner"]
+
+# Sign what a receiver shows or threads on, when present.
+SIGNED_HEADERS = (
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"in-reply-to",
+    b"references",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+)
+_CANON = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+class DkimSigner:
+    """Signs for one domain and selector; holds the parsed key (parse once, sign many)."""
+
+    def __init__(self, domain: str, selector: str, private_pem: bytes) -> None:
+        key = serialization.load_pem_private_key(private_pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("DKIM key is not RSA")
+        self._key = key
+        self.domain = domain.encode()
+        self.selector = selector.encode()
+
+    def __repr__(self) -> str:
+        return f"DkimSigner(domain={self.domain!r}, selector={self.selector!r})"
+
+    def signature_header(self, message: bytes, now: int | None = None) -> bytes:
+        """The `DKIM-Signature: …\\r\\n` header to prepend to `message` (CRLF line endings)."""
+        headers, body = dkim.rfc822_parse(message)
+        present = {name.lower() for name, _ in headers}
+        include = [h for h in SIGNED_HEADERS if h in present]
+        body_hash = base64.b64encode(hashlib.sha256(_CANON.canonicalize_body(body)).digest())
+        fields = [
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", b"relaxed/relaxed"),
+            (b"d", self.domain),
+            (b"s", self.selector),
+            (b"t", str(int(now if now is not None else time.time())).encode()),
+            (b"h", b":".join(include)),
+            (b"bh", body_hash),
+            (b"b", b""),
+        ]
+        unsigned = b"; ".join(b"=".join(f) for f in fields)
+        hasher = hashlib.sha256()
+        dkim.hash_headers(
+            hasher,
+            _CANON,
+            _CANON.canonicalize_headers(headers),
+            include,
+            (b"DKIM-Signature", b" " + unsigned),
+            dict(fields),
+        )
+        signature = self._key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        value = dkim.fold(unsigned + base64.b64encode(signature), namelen=len(b"DKIM-Signature"))
+        header: bytes = b"DKIM-Signature: " + value + b"\r\n"
+        return header

@@ -1,0 +1,130 @@
+"""The whole service in one process (the runtime of `remails up`) against real peers on
+loopback: a DNS server, recording MX sinks on 127.0.0.x, PostgreSQL."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+import trustme
+
+from remails.config import Settings, load_settings
+from remails.db import Pool
+from remails.runtime import Runtime
+from tests.factories import Tenant, make_tenant
+from tests.smtp.conftest import tls_files
+from tests.support.dnsserver import LocalDns
+from tests.support.sink import Sink, free_port, sink_server_tls
+
+EGRESS_IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+
+@dataclass
+class World:
+    dns: LocalDns
+    ca: trustme.CA
+    base: dict[str, Any]
+    sink_port: int
+    tmp: Path
+    sinks: list[Sink] = field(default_factory=list)
+    runtimes: list[Runtime] = field(default_factory=list)
+
+    async def sink(self, domain: str, ip: str, *, preference: int = 10, tls: bool = True) -> Sink:
+        """A recording MX for `domain` at `ip`, published in DNS."""
+        sink = Sink(ip, self.sink_port, sink_server_tls(self.ca, f"mx-{ip}.test") if tls else None)
+        await sink.start()
+        self.sinks.append(sink)
+        self.dns.zone.mx(domain, f"mx-{ip}.test", preference)
+        self.dns.zone.a(f"mx-{ip}.test", ip)
+        return sink
+
+    def settings(self, **overrides: Any) -> Settings:
+        return load_settings(**{**self.base, **overrides})
+
+    async def runtime(self, **overrides: Any) -> Runtime:
+        runtime = Runtime(self.settings(**overrides))
+        await runtime.start()
+        self.runtimes.append(runtime)
+        return runtime
+
+    async def tenant(self, runtime: Runtime, domain: str, *, quota: int | None = None) -> Tenant:
+        assert runtime.db is not None
+        tenant = await make_tenant(runtime.db.pool, runtime.settings, domain, quota=quota)
+        key = await runtime.db.pool.fetchrow(
+            "SELECT dkim_selector, dkim_public_key FROM domains WHERE name = $1", domain
+        )
+        self.dns.zone.txt(
+            f"{key['dkim_selector']}._domainkey.{domain}", f"v=DKIM1; k=rsa; p={key['dkim_public_key']}"
+        )
+        return tenant
+
+    async def submit(
+        self,
+        runtime: Runtime,
+        tenant: Tenant,
+        rcpts: list[str],
+        *,
+        subject: str = "code",
+        sender: str | None = None,
+    ) -> str:
+        """Submit over SMTP with STARTTLS and AUTH; returns the queued message id."""
+        assert runtime.edge is not None
+        host, port = runtime.edge.submission_address
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        client = aiosmtplib.SMTP(
+            hostname=host,
+            port=port,
+            local_hostname="app.test",
+            tls_context=context,
+            start_tls=True,
+            timeout=10,
+        )
+        await client.connect()
+        await client.login(tenant.username, tenant.password)
+        sender = sender or f"app@{tenant.domain}"
+        message = (
+            f"From: App <{sender}>\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\n"
+            "Your code is 123456.\r\n"
+        ).encode()
+        response = await client.sendmail(sender, rcpts, message)
+        await client.quit()
+        return response[1].rsplit(" ", 1)[1]
+
+
+@pytest.fixture
+async def world(dsn: str, local_dns: LocalDns, ca: trustme.CA, tmp_path: Path) -> AsyncIterator[World]:
+    cert, key = tls_files(ca, tmp_path)
+    base = {
+        "database_url": dsn,
+        "data_dir": tmp_path / "data",
+        "hostname": "mx.remails.test",
+        "smtp_submission_listen": "127.0.0.1:0",
+        "smtp_tls_listen": "127.0.0.1:0",
+        "tls_cert": cert,
+        "tls_key": key,
+        "dns_servers": local_dns.servers,
+        "outbound_ips": ",".join(EGRESS_IPS),
+        "tick_seconds": 0.2,
+        "retry_first_seconds": 0.2,
+        "retry_max_seconds": 0.5,
+        "stuck_after_seconds": 2,
+        "heartbeat_seconds": 0.5,
+        "smtp_client_timeout_seconds": 3,
+    }
+    world = World(local_dns, ca, base, free_port(), tmp_path)
+    base["delivery_port"] = world.sink_port
+    yield world
+    for runtime in world.runtimes:
+        await runtime.stop()
+    for sink in world.sinks:
+        await sink.stop()
+
+
+async def message_status(pool: Pool, message_id: str) -> str:
+    return str(await pool.fetchval("SELECT status FROM messages WHERE id = $1::uuid", message_id))
