@@ -286,3 +286,7 @@ def _fail(message: str, as_json: bool) -> None:
         print(json.dumps({"error": message}))
     else:
         print(f"remails: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

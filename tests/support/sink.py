@@ -30,6 +30,7 @@ class SinkHandler:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    data_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -41,6 +42,7 @@ class SinkHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.data_started.set()
         if self.delay:
             await asyncio.sleep(self.delay)  # a slow MX: the client may give up or die meanwhile
             if server.transport is None or server.transport.is_closing():
