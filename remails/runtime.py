@@ -12,17 +12,29 @@ import functools
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import functions
 from functions import HANDLERS
-from remails.bus import Trigger
+from remails.bus import Handler, Trigger
 from remails.bus.inprocess import InProcessBus
-from remails.config import Settings
+from remails.bus.knative import KnativePublisher
+from remails.config import ConfigError, Settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Database, connect
 from remails.events import EventType, Tick, make_event
+from remails.function import serve_event
 from remails.log import configure_logging, log_event
 from sender_node.agent import SenderNode
 from smtp_edge.server import EdgeServer
@@ -127,5 +139,52 @@ async def run_all_in_one(settings: Settings) -> None:
         await runtime.stop()
 
 
+async def _serve_http(app: Any, settings: Settings) -> None:
+    host, port = settings.http_listen
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off"))
+    await server.serve()
+
+
 async def serve_role(settings: Settings, role: str, name: str | None) -> None:
-    raise NotImplementedError(f"`remails serve {role}` is not available yet; use `remails up`")
+    """One role in its own process, for containers: events go to the Knative broker (K_SINK)."""
+    configure_logging()
+    if settings.bus != "knative":
+        raise ConfigError("REMAILS_BUS: `remails serve` runs one role of a Knative install; set knative")
+    if role == "function":
+        from functions_framework import create_app
+
+        if name not in {sub.function for sub in HANDLERS}:
+            raise ConfigError(f"unknown function {name!r}")
+        source = str(Path(functions.__file__).with_name("main.py"))
+        app = create_app(target=name, source=source)  # type: ignore[no-untyped-call]
+        await _serve_http(app, settings)
+        return
+    if role == "api":
+        raise ConfigError("the HTTP API is not available yet")
+    db = await connect(settings, max_size=20)
+    publisher = KnativePublisher()
+    ctx = Context(settings, db.pool, publisher, load_master_key(settings.secret_key, settings.data_dir))
+    stop = _stop_event()
+    try:
+        if role == "edge":
+            edge = EdgeServer(ctx)
+            await edge.start()
+            await stop.wait()
+            await edge.stop()
+        elif role == "sender":
+            # The broker's Triggers (one per outbound IP) POST message.routed here.
+            sender = SenderNode(ctx)
+            await sender.start()
+            app = Starlette(routes=[Route("/", _event_endpoint(sender.handle_routed), methods=["POST"])])
+            await _serve_http(app, settings)
+            await sender.stop()
+    finally:
+        await publisher.close()
+        await db.close()
+
+
+def _event_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await serve_event(request, handler)
+
+    return endpoint
