@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     auth_max_failures: int = Field(default=5, ge=1)
     auth_failure_window_seconds: float = Field(default=300.0, gt=0)
 
+    # HTTP API
+    api_max_body_bytes: int = Field(default=36 * MiB, ge=1024)
+    api_rate_per_second: float = Field(default=20.0, gt=0)
+    api_rate_burst: int = Field(default=100, ge=1)
+
     # Delivery and retries
     node_name: str | None = None
     retry_first_seconds: float = Field(default=60.0, gt=0)

@@ -20,7 +20,9 @@ __all__ = [
     "MessageTooLarge",
     "NotFound",
     "OrganizationBlocked",
+    "PayloadTooLarge",
     "QuotaExhausted",
+    "RateLimited",
     "Refusal",
     "RemailsError",
     "Reply",
@@ -122,6 +124,20 @@ class TooManyRecipients(Refusal):
 class MessageTooLarge(Refusal):
     smtp = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
     http_status, error_code = 413, "message_too_large"
+
+
+class RateLimited(Refusal):
+    smtp = Reply(450, "4.7.1", "Too many requests, slow down")
+    http_status, error_code = 429, "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many requests; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(Refusal):
+    smtp = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+    http_status, error_code = 413, "payload_too_large"
 
 
 class BareLineEnding(Refusal):

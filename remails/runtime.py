@@ -26,6 +26,8 @@ from starlette.routing import Route
 
 import functions
 from functions import HANDLERS
+from functions.api import create_app
+from remails.admin_token import ensure_admin_token
 from remails.bus import Handler, Trigger
 from remails.bus.inprocess import InProcessBus
 from remails.bus.knative import KnativePublisher
@@ -35,6 +37,7 @@ from remails.crypto import load_master_key
 from remails.db import Database, connect
 from remails.events import EventType, Tick, make_event
 from remails.function import serve_event
+from remails.http_server import HttpServer
 from remails.log import configure_logging, log_event
 from sender_node.agent import SenderNode
 from smtp_edge.server import EdgeServer
@@ -54,6 +57,8 @@ class Runtime:
     ctx: Context | None = None
     edge: EdgeServer | None = None
     sender: SenderNode | None = None
+    api: HttpServer | None = None
+    new_admin_token: str | None = None
     _ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -71,6 +76,10 @@ class Runtime:
         await self.sender.start()
         self.edge = EdgeServer(ctx)
         await self.edge.start()
+        self.new_admin_token = await ensure_admin_token(ctx.pool, self.settings.data_dir)
+        host, port = self.settings.http_listen
+        self.api = HttpServer(create_app(ctx), host, port)
+        await self.api.start()
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def tick(self) -> None:
@@ -86,6 +95,8 @@ class Runtime:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self.api is not None:
+            await self.api.stop()
         if self.edge is not None:
             await self.edge.stop()
         if self.sender is not None:
@@ -104,8 +115,9 @@ def _stop_event() -> asyncio.Event:
 
 
 def _welcome(settings: Settings, runtime: Runtime) -> str:
-    assert runtime.edge is not None
+    assert runtime.edge is not None and runtime.api is not None
     sub_host, sub_port = runtime.edge.submission_address
+    api_host, api_port = runtime.api.address
     tls_host, tls_port = runtime.edge.tls_address
     database = (
         settings.database_url and "REMAILS_DATABASE_URL"
@@ -115,6 +127,7 @@ def _welcome(settings: Settings, runtime: Runtime) -> str:
             "remails is up",
             f"  SMTP submission (STARTTLS)  {sub_host}:{sub_port}",
             f"  SMTP submission (TLS)       {tls_host}:{tls_port}",
+            f"  HTTP API                    http://{api_host}:{api_port}  (docs at /docs)",
             f"  database                    {database}",
             f"  outbound IPs                {', '.join(settings.outbound_ips)}",
             "get going (in another terminal):",
@@ -132,6 +145,13 @@ async def run_all_in_one(settings: Settings) -> None:
     runtime = Runtime(settings)
     await runtime.start()
     print(_welcome(settings, runtime), file=sys.stderr, flush=True)
+    if runtime.new_admin_token:
+        print(
+            f"operator API token (shown once; also in {settings.data_dir / 'admin-token'}):\n"
+            f"  {runtime.new_admin_token}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         await _stop_event().wait()
     finally:
@@ -151,22 +171,23 @@ async def serve_role(settings: Settings, role: str, name: str | None) -> None:
     if settings.bus != "knative":
         raise ConfigError("REMAILS_BUS: `remails serve` runs one role of a Knative install; set knative")
     if role == "function":
-        from functions_framework import create_app
+        from functions_framework import create_app as create_function_app
 
         if name not in {sub.function for sub in HANDLERS}:
             raise ConfigError(f"unknown function {name!r}")
         source = str(Path(functions.__file__).with_name("main.py"))
-        app = create_app(target=name, source=source)  # type: ignore[no-untyped-call]
+        app = create_function_app(target=name, source=source)  # type: ignore[no-untyped-call]
         await _serve_http(app, settings)
         return
-    if role == "api":
-        raise ConfigError("the HTTP API is not available yet")
     db = await connect(settings, max_size=20)
     publisher = KnativePublisher()
     ctx = Context(settings, db.pool, publisher, load_master_key(settings.secret_key, settings.data_dir))
     stop = _stop_event()
     try:
-        if role == "edge":
+        if role == "api":
+            await ensure_admin_token(db.pool, settings.data_dir)
+            await _serve_http(create_app(ctx), settings)
+        elif role == "edge":
             edge = EdgeServer(ctx)
             await edge.start()
             await stop.wait()

@@ -25,7 +25,8 @@ from remails.errors import AuthRequired, BareLineEnding, TemporaryFailure
 from remails.events import EventType, MessageEvent, make_event
 from remails.log import log_event
 from remails.message_headers import has_bare_line_ending, prepend_headers
-from smtp_edge.policy import address_domain, check_recipient_count, check_sender, trusted_project
+from remails.sending_policy import address_domain, check_sender
+from smtp_edge.policy import check_recipient_count, trusted_project
 from smtp_edge.replies import AUTH_THROTTLED, BAD_RECIPIENT, RECIPIENT_OK, SENDER_OK, queued
 from smtp_edge.throttle import AuthThrottle
 

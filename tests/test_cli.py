@@ -111,7 +111,7 @@ async def test_message_show_reports_status_recipients_and_attempts(
     shown = await cli.json("message", "show", str(message_id))
     assert shown["id"] == str(message_id) and shown["status"] == "received"
     assert shown["recipients"][0]["address"] == "a@dest.test"
-    assert shown["attempts"] == []
+    assert shown["attempts"] == 0 and shown["attempt_log"] == []
     assert "raw" not in shown
 
 

@@ -123,3 +123,54 @@ async def authenticate_api_key(pool: asyncpg.Pool, token: str) -> ApiKey | None:
     if row is None or not digest_matches(secret, row["secret_sha256"]):
         return None
     return ApiKey(**{k: v for k, v in row.items() if k != "secret_sha256"})
+
+
+async def list_smtp_credentials(pool: asyncpg.Pool, project_id: UUID) -> list[SmtpCredential]:
+    rows = await pool.fetch(
+        "SELECT id, project_id, username, created_at FROM smtp_credentials WHERE project_id = $1"
+        " ORDER BY created_at",
+        project_id,
+    )
+    return [SmtpCredential(**r) for r in rows]
+
+
+async def get_smtp_credential(pool: asyncpg.Pool, credential_id: UUID) -> tuple[SmtpCredential, UUID] | None:
+    """The credential and its organization."""
+    row = await pool.fetchrow(
+        "SELECT c.id, c.project_id, c.username, c.created_at, p.organization_id"
+        " FROM smtp_credentials c JOIN projects p ON p.id = c.project_id WHERE c.id = $1",
+        credential_id,
+    )
+    if row is None:
+        return None
+    return SmtpCredential(row["id"], row["project_id"], row["username"], row["created_at"]), row[
+        "organization_id"
+    ]
+
+
+async def delete_smtp_credential(pool: asyncpg.Pool, credential_id: UUID) -> bool:
+    return await pool.execute("DELETE FROM smtp_credentials WHERE id = $1", credential_id) == "DELETE 1"
+
+
+async def list_api_keys(pool: asyncpg.Pool, org_id: UUID) -> list[ApiKey]:
+    rows = await pool.fetch(
+        "SELECT id, organization_id, project_id, role, created_at FROM api_keys WHERE organization_id = $1"
+        " ORDER BY created_at",
+        org_id,
+    )
+    return [ApiKey(**r) for r in rows]
+
+
+async def get_api_key(pool: asyncpg.Pool, key_id: UUID) -> ApiKey | None:
+    row = await pool.fetchrow(
+        "SELECT id, organization_id, project_id, role, created_at FROM api_keys WHERE id = $1", key_id
+    )
+    return ApiKey(**row) if row else None
+
+
+async def delete_api_key(pool: asyncpg.Pool, key_id: UUID) -> bool:
+    return await pool.execute("DELETE FROM api_keys WHERE id = $1", key_id) == "DELETE 1"
+
+
+async def has_super_admin(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys WHERE organization_id IS NULL)"))

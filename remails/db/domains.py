@@ -116,3 +116,26 @@ async def signing_key(pool: asyncpg.Pool, org_id: UUID, name: str) -> DkimSignin
     if row is None:
         return None
     return DkimSigningKey(row["name"], row["dkim_selector"], row["dkim_private_sealed"])
+
+
+async def get_domain(pool: asyncpg.Pool, domain_id: UUID) -> Domain | None:
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM domains WHERE id = $1", domain_id)
+    return Domain(**row) if row else None
+
+
+async def list_domains(pool: asyncpg.Pool, org_id: UUID) -> list[Domain]:
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM domains WHERE organization_id = $1 ORDER BY name", org_id
+    )
+    return [Domain(**r) for r in rows]
+
+
+async def project_ids_of_domain(pool: asyncpg.Pool, domain_id: UUID) -> list[UUID]:
+    rows = await pool.fetch(
+        "SELECT project_id FROM domain_projects WHERE domain_id = $1 ORDER BY project_id", domain_id
+    )
+    return [r["project_id"] for r in rows]
+
+
+async def delete_domain(pool: asyncpg.Pool, domain_id: UUID) -> bool:
+    return await pool.execute("DELETE FROM domains WHERE id = $1", domain_id) == "DELETE 1"

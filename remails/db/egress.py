@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from remails.db.rows import Executor, required
+from remails.errors import Conflict
 
 __all__ = [
     "IpPool",
@@ -29,13 +30,16 @@ class IpPool:
 
 
 async def create_ip_pool(pool: asyncpg.Pool, name: str, ips: list[str]) -> IpPool:
-    """A dedicated pool; its IPs leave the shared pool."""
+    """A dedicated pool; its IPs leave the shared pool. Conflict when the name is taken."""
     async with pool.acquire() as conn, conn.transaction():
-        row = required(
-            await conn.fetchrow(
-                "INSERT INTO ip_pools (name) VALUES ($1) RETURNING id, name, created_at", name
+        try:
+            row = required(
+                await conn.fetchrow(
+                    "INSERT INTO ip_pools (name) VALUES ($1) RETURNING id, name, created_at", name
+                )
             )
-        )
+        except asyncpg.UniqueViolationError:
+            raise Conflict("an IP pool with this name exists", field="name") from None
         await conn.executemany(
             "INSERT INTO outbound_ips (ip, pool_id) VALUES ($1::inet, $2)"
             " ON CONFLICT (ip) DO UPDATE SET pool_id = EXCLUDED.pool_id",
@@ -91,3 +95,16 @@ SELECT host(o.ip) AS ip
 async def live_egress_ips(conn: Executor, org_id: UUID, fresh_seconds: float) -> list[str]:
     rows = await conn.fetch(_LIVE_EGRESS, org_id, fresh_seconds)
     return [r["ip"] for r in rows]
+
+
+async def list_ip_pools(pool: asyncpg.Pool) -> list[IpPool]:
+    rows = await pool.fetch(
+        "SELECT p.id, p.name, p.created_at,"
+        " COALESCE(array_agg(host(o.ip) ORDER BY o.ip) FILTER (WHERE o.ip IS NOT NULL), '{}') AS ips"
+        " FROM ip_pools p LEFT JOIN outbound_ips o ON o.pool_id = p.id GROUP BY p.id ORDER BY p.name"
+    )
+    return [IpPool(r["id"], r["name"], list(r["ips"]), r["created_at"]) for r in rows]
+
+
+async def get_ip_pool(pool: asyncpg.Pool, pool_id: UUID) -> IpPool | None:
+    return next((p for p in await list_ip_pools(pool) if p.id == pool_id), None)

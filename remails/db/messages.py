@@ -6,12 +6,24 @@ State transitions of the delivery pipeline live in `remails.db.pipeline`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
-__all__ = ["NewMessage", "count_messages", "get_message_detail", "insert_message"]
+from remails.db.rows import Executor
+
+__all__ = [
+    "MessageFilter",
+    "NewMessage",
+    "count_messages",
+    "get_message_detail",
+    "insert_message",
+    "list_messages",
+    "retry_message",
+    "statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ RETURNING message_id
 """
 
 
-async def insert_message(pool: asyncpg.Pool, new: NewMessage, lifetime_seconds: float) -> UUID:
+async def insert_message(pool: Executor, new: NewMessage, lifetime_seconds: float) -> UUID:
     if not new.recipients:
         raise ValueError("a message needs at least one recipient")
     rows = await pool.fetch(
@@ -84,7 +96,7 @@ created_at, updated_at, finished_at
 async def get_message_detail(
     pool: asyncpg.Pool, message_id: UUID, org_id: UUID | None = None
 ) -> dict[str, Any] | None:
-    """The message (without its bytes), each recipient's state, and the attempts, oldest first."""
+    """The message (without its bytes), each recipient's state, and the attempt log, oldest first."""
     row = await pool.fetchrow(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages"
         " WHERE id = $1 AND ($2::uuid IS NULL OR organization_id = $2)",
@@ -106,5 +118,100 @@ async def get_message_detail(
     )
     detail = dict(row)
     detail["recipients"] = [dict(r) for r in recipients]
-    detail["attempts"] = [dict(a) for a in attempts]
+    detail["attempt_log"] = [dict(a) for a in attempts]
     return detail
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    organization_id: UUID
+    project_id: UUID | None = None
+    status: str | None = None
+    label: str | None = None
+    recipient: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+_SUMMARY_COLUMNS = """
+m.id, m.organization_id, m.project_id, m.mail_from, m.message_id_header, m.status::text, m.reason,
+m.label, m.attempts, m.size, m.created_at, m.updated_at, m.finished_at,
+ARRAY(SELECT r.address FROM recipients r WHERE r.message_id = m.id ORDER BY r.id) AS recipients
+"""
+
+# list_messages: newest first, keyset-paged on (created_at, id).
+_LIST = f"""
+SELECT {_SUMMARY_COLUMNS}
+  FROM messages m
+ WHERE m.organization_id = $1
+   AND ($2::uuid IS NULL OR m.project_id = $2)
+   AND ($3::text IS NULL OR m.status::text = $3)
+   AND ($4::text IS NULL OR m.label = $4)
+   AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM recipients r
+                                     WHERE r.message_id = m.id AND lower(r.address) = lower($5)))
+   AND ($6::timestamptz IS NULL OR m.created_at >= $6)
+   AND ($7::timestamptz IS NULL OR m.created_at < $7)
+   AND ($8::timestamptz IS NULL OR (m.created_at, m.id) < ($8, $9::uuid))
+ ORDER BY m.created_at DESC, m.id DESC
+ LIMIT $10
+"""
+
+
+async def list_messages(
+    pool: asyncpg.Pool, f: MessageFilter, *, before: tuple[datetime, UUID] | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        _LIST,
+        f.organization_id,
+        f.project_id,
+        f.status,
+        f.label,
+        f.recipient,
+        f.created_after,
+        f.created_before,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+# retry_message: give a finished or waiting message another full try. Recipients that were
+# not delivered (and are not suppressed) wait again; held messages go back through quota.
+_RETRY = """
+WITH m AS (
+    UPDATE messages
+       SET status = CASE WHEN status = 'held' THEN 'validated'::message_status
+                         ELSE 'admitted'::message_status END,
+           reason = 'retry requested', next_attempt_at = NULL, finished_at = NULL,
+           expires_at = now() + make_interval(secs => $3), updated_at = now()
+     WHERE id = $1 AND organization_id = $2
+       AND status IN ('deferred', 'bounced', 'failed', 'held')
+    RETURNING id, organization_id, project_id, status::text
+), r AS (
+    UPDATE recipients SET status = 'pending', updated_at = now()
+     WHERE message_id IN (SELECT id FROM m) AND status IN ('bounced', 'failed', 'deferred')
+       AND lower(address) NOT IN (SELECT address FROM suppressions WHERE organization_id = $2)
+)
+SELECT * FROM m
+"""
+
+
+async def retry_message(
+    pool: asyncpg.Pool, message_id: UUID, org_id: UUID, lifetime_seconds: float
+) -> dict[str, Any] | None:
+    """The message's new state, or None when it is not in a state that can be retried."""
+    row = await pool.fetchrow(_RETRY, message_id, org_id, lifetime_seconds)
+    return dict(row) if row else None
+
+
+async def statistics(pool: asyncpg.Pool, org_id: UUID, since: datetime) -> list[dict[str, Any]]:
+    """Messages per UTC day and status."""
+    rows = await pool.fetch(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, count(*) AS count"
+        " FROM messages WHERE organization_id = $1 AND created_at >= $2"
+        " GROUP BY 1, 2 ORDER BY 1, 2",
+        org_id,
+        since,
+    )
+    return [dict(r) for r in rows]

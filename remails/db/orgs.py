@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from remails.db.rows import required
+from remails.errors import Conflict
 
 __all__ = [
     "Organization",
@@ -86,19 +87,24 @@ async def set_block_status(pool: asyncpg.Pool, org_id: UUID, block_status: str) 
     return status == "UPDATE 1"
 
 
+_NAME_TAKEN = "a project with this name exists in the organization"
+
+
 async def create_project(
     pool: asyncpg.Pool, org_id: UUID, name: str, retention_days: int | None = None
 ) -> Project:
-    row = required(
-        await pool.fetchrow(
+    """A new project; Conflict when the organization has one of that name."""
+    try:
+        row = await pool.fetchrow(
             "INSERT INTO projects (organization_id, name, retention_days)"
             f" VALUES ($1, $2, COALESCE($3, 30)) RETURNING {_PROJECT_COLUMNS}",
             org_id,
             name,
             retention_days,
         )
-    )
-    return Project(**row)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(_NAME_TAKEN, field="name") from None
+    return Project(**required(row))
 
 
 async def get_project(pool: asyncpg.Pool, project_id: UUID) -> Project | None:
@@ -141,3 +147,59 @@ async def sender_facts(pool: asyncpg.Pool, project_id: UUID) -> SenderFacts | No
         row["quota_left"],
         list(row["verified_domains"]),
     )
+
+
+async def list_organizations(pool: asyncpg.Pool, org_id: UUID | None = None) -> list[Organization]:
+    """All organizations, or just `org_id`'s."""
+    rows = await pool.fetch(
+        f"SELECT {_ORG_COLUMNS} FROM organizations WHERE $1::uuid IS NULL OR id = $1 ORDER BY created_at",
+        org_id,
+    )
+    return [Organization(**r) for r in rows]
+
+
+async def update_organization(
+    pool: asyncpg.Pool,
+    org_id: UUID,
+    *,
+    name: str | None = None,
+    monthly_quota: int | None = None,
+    block_status: str | None = None,
+) -> Organization | None:
+    row = await pool.fetchrow(
+        "UPDATE organizations SET name = COALESCE($2, name), monthly_quota = COALESCE($3, monthly_quota),"
+        " block_status = COALESCE($4::block_status, block_status), updated_at = now()"
+        f" WHERE id = $1 RETURNING {_ORG_COLUMNS}",
+        org_id,
+        name,
+        monthly_quota,
+        block_status,
+    )
+    return Organization(**row) if row else None
+
+
+async def list_projects(pool: asyncpg.Pool, org_id: UUID) -> list[Project]:
+    rows = await pool.fetch(
+        f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE organization_id = $1 ORDER BY created_at", org_id
+    )
+    return [Project(**r) for r in rows]
+
+
+async def update_project(
+    pool: asyncpg.Pool, project_id: UUID, *, name: str | None, retention_days: int | None
+) -> Project | None:
+    try:
+        row = await pool.fetchrow(
+            "UPDATE projects SET name = COALESCE($2, name), retention_days = COALESCE($3, retention_days),"
+            f" updated_at = now() WHERE id = $1 RETURNING {_PROJECT_COLUMNS}",
+            project_id,
+            name,
+            retention_days,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(_NAME_TAKEN, field="name") from None
+    return Project(**row) if row else None
+
+
+async def delete_project(pool: asyncpg.Pool, project_id: UUID) -> bool:
+    return await pool.execute("DELETE FROM projects WHERE id = $1", project_id) == "DELETE 1"

@@ -106,6 +106,7 @@ async def world(dsn: str, local_dns: LocalDns, ca: trustme.CA, tmp_path: Path) -
         "hostname": "mx.remails.test",
         "smtp_submission_listen": "127.0.0.1:0",
         "smtp_tls_listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "tls_cert": cert,
         "tls_key": key,
         "dns_servers": local_dns.servers,

@@ -7,7 +7,8 @@ from remails.errors import (
     SenderDomainNotAllowed,
     TooManyRecipients,
 )
-from smtp_edge.policy import address_domain, check_recipient_count, check_sender, trusted_project
+from remails.sending_policy import address_domain, check_sender
+from smtp_edge.policy import check_recipient_count, trusted_project
 from smtp_edge.replies import with_enhanced_code
 from smtp_edge.throttle import AuthThrottle
 

@@ -1,0 +1,84 @@
+"""SMTP credentials per project and API keys per organization; secrets are shown once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from uuid import UUID
+
+from fastapi import APIRouter, Response
+
+from functions.api.auth import Caller, Ctx
+from functions.api.models import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    SmtpCredentialCreate,
+    SmtpCredentialCreated,
+    SmtpCredentialOut,
+)
+from functions.api.organizations import organization_of, project_of
+from remails.db import credentials
+from remails.errors import NotFound
+
+router = APIRouter(tags=["credentials"])
+
+
+@router.post(
+    "/v1/projects/{project_id}/smtp-credentials", status_code=201, response_model=SmtpCredentialCreated
+)
+async def create_smtp_credential(
+    project_id: UUID, body: SmtpCredentialCreate, ctx: Ctx, caller: Caller
+) -> SmtpCredentialCreated:
+    await project_of(ctx, caller, project_id, "admin")
+    credential, password = await credentials.create_smtp_credential(ctx.pool, project_id, body.description)
+    return SmtpCredentialCreated(**asdict(credential), password=password)
+
+
+@router.get("/v1/projects/{project_id}/smtp-credentials", response_model=list[SmtpCredentialOut])
+async def list_smtp_credentials(project_id: UUID, ctx: Ctx, caller: Caller) -> list[SmtpCredentialOut]:
+    await project_of(ctx, caller, project_id)
+    return [
+        SmtpCredentialOut(**asdict(c)) for c in await credentials.list_smtp_credentials(ctx.pool, project_id)
+    ]
+
+
+@router.delete("/v1/smtp-credentials/{credential_id}", status_code=204, response_class=Response)
+async def delete_smtp_credential(credential_id: UUID, ctx: Ctx, caller: Caller) -> Response:
+    found = await credentials.get_smtp_credential(ctx.pool, credential_id)
+    if found is None:
+        raise NotFound("no such SMTP credential")
+    credential, org_id = found
+    caller.require(org_id, "admin", credential.project_id)
+    await credentials.delete_smtp_credential(ctx.pool, credential_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/organizations/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
+async def create_api_key(org_id: UUID, body: ApiKeyCreate, ctx: Ctx, caller: Caller) -> ApiKeyCreated:
+    await organization_of(ctx, caller, org_id, "admin")
+    if caller.project_id is not None and body.project_id != caller.project_id:
+        raise NotFound("no such project", field="project_id")  # a project key makes keys for its project only
+    if body.project_id is not None:
+        project = await project_of(ctx, caller, body.project_id, "admin")
+        if project.organization_id != org_id:
+            raise NotFound("no such project", field="project_id")
+    key, token = await credentials.create_api_key(
+        ctx.pool, org_id, body.role, body.project_id, body.description
+    )
+    return ApiKeyCreated(**asdict(key), token=token)
+
+
+@router.get("/v1/organizations/{org_id}/api-keys", response_model=list[ApiKeyOut])
+async def list_api_keys(org_id: UUID, ctx: Ctx, caller: Caller) -> list[ApiKeyOut]:
+    await organization_of(ctx, caller, org_id, "admin")
+    return [ApiKeyOut(**asdict(k)) for k in await credentials.list_api_keys(ctx.pool, org_id)]
+
+
+@router.delete("/v1/api-keys/{key_id}", status_code=204, response_class=Response)
+async def delete_api_key(key_id: UUID, ctx: Ctx, caller: Caller) -> Response:
+    key = await credentials.get_api_key(ctx.pool, key_id)
+    if key is None or key.organization_id is None:
+        raise NotFound("no such API key")
+    caller.require(key.organization_id, "admin", key.project_id)
+    await credentials.delete_api_key(ctx.pool, key_id)
+    return Response(status_code=204)

@@ -1,0 +1,75 @@
+"""Sending domains: add (with the DNS records to publish), list, verify, delete."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Response
+
+from functions.api.auth import Caller, Ctx, Principal
+from functions.api.models import DomainCreate, DomainOut, DomainVerification
+from functions.api.organizations import organization_of
+from remails.context import Context
+from remails.db import domains, orgs
+from remails.dns import make_resolver
+from remails.errors import NotFound
+from remails.sending_domains import add_sending_domain, domain_view, verify_sending_domain
+
+router = APIRouter(tags=["domains"])
+
+
+async def _out(ctx: Context, domain: domains.Domain) -> DomainOut:
+    view = domain_view(domain, ctx.settings.outbound_ips)
+    view["project_ids"] = await domains.project_ids_of_domain(ctx.pool, domain.id)
+    return DomainOut.model_validate(view)
+
+
+async def _domain_of(
+    ctx: Context, caller: Principal, domain_id: UUID, role: str = "read_only"
+) -> domains.Domain:
+    domain = await domains.get_domain(ctx.pool, domain_id)
+    if domain is None:
+        raise NotFound("no such domain")
+    caller.require(domain.organization_id, role)
+    return domain
+
+
+@router.post("/v1/organizations/{org_id}/domains", status_code=201, response_model=DomainOut)
+async def add_domain(org_id: UUID, body: DomainCreate, ctx: Ctx, caller: Caller) -> DomainOut:
+    await organization_of(ctx, caller, org_id, "admin")
+    for project_id in body.project_ids:
+        project = await orgs.get_project(ctx.pool, project_id)
+        if project is None or project.organization_id != org_id:
+            raise NotFound(f"no project {project_id} in this organization", field="project_ids")
+        caller.require(org_id, "admin", project_id)
+    domain = await add_sending_domain(
+        ctx.pool, ctx.master_key, org_id, list(dict.fromkeys(body.project_ids)), body.domain
+    )
+    return await _out(ctx, domain)
+
+
+@router.get("/v1/organizations/{org_id}/domains", response_model=list[DomainOut])
+async def list_domains(org_id: UUID, ctx: Ctx, caller: Caller) -> list[DomainOut]:
+    await organization_of(ctx, caller, org_id)
+    return [await _out(ctx, d) for d in await domains.list_domains(ctx.pool, org_id)]
+
+
+@router.get("/v1/domains/{domain_id}", response_model=DomainOut)
+async def get_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> DomainOut:
+    return await _out(ctx, await _domain_of(ctx, caller, domain_id))
+
+
+@router.post("/v1/domains/{domain_id}/verify", response_model=DomainVerification)
+async def verify_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> DomainVerification:
+    domain = await _domain_of(ctx, caller, domain_id, "maintainer")
+    _, result = await verify_sending_domain(
+        ctx.pool, make_resolver(ctx.settings), domain, ctx.settings.outbound_ips
+    )
+    return DomainVerification.model_validate(result)
+
+
+@router.delete("/v1/domains/{domain_id}", status_code=204, response_class=Response)
+async def delete_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> Response:
+    await _domain_of(ctx, caller, domain_id, "admin")
+    await domains.delete_domain(ctx.pool, domain_id)
+    return Response(status_code=204)

@@ -1,0 +1,34 @@
+"""Dedicated IP pools (operator only); assignment lives with the organization."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict
+
+from fastapi import APIRouter
+
+from functions.api.auth import Caller, Ctx
+from functions.api.models import IpPoolCreate, IpPoolOut
+from remails.db import egress
+from remails.errors import InvalidInput
+
+router = APIRouter(tags=["ip pools"])
+
+
+@router.post("/v1/ip-pools", status_code=201, response_model=IpPoolOut)
+async def create_ip_pool(body: IpPoolCreate, ctx: Ctx, caller: Caller) -> IpPoolOut:
+    caller.require_super_admin()
+    for i, ip in enumerate(body.ips):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise InvalidInput(f"{ip!r} is not an IP address", field=f"ips.{i}") from None
+    return IpPoolOut(
+        **asdict(await egress.create_ip_pool(ctx.pool, body.name, list(dict.fromkeys(body.ips))))
+    )
+
+
+@router.get("/v1/ip-pools", response_model=list[IpPoolOut])
+async def list_ip_pools(ctx: Ctx, caller: Caller) -> list[IpPoolOut]:
+    caller.require_super_admin()
+    return [IpPoolOut(**asdict(p)) for p in await egress.list_ip_pools(ctx.pool)]

@@ -1,0 +1,138 @@
+"""Messages: send (JSON or raw), list with filters and cursor paging, show, retry."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from functions.api.auth import Caller, Ctx
+from functions.api.models import MessageAccepted, MessageDetail, MessagePage, RawSendRequest
+from functions.compose import SendRequest
+from functions.send import request_digest, send_message, send_raw
+from remails.db import messages
+from remails.errors import Conflict, InvalidInput, NotFound
+from remails.events import EventType, MessageEvent, make_event
+from remails.types import MessageStatus
+
+router = APIRouter(tags=["messages"])
+
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$")
+]
+
+
+async def _idempotency(request: Request, project_id: UUID, key: str | None) -> tuple[str, bytes] | None:
+    if key is None:
+        return None
+    return key, request_digest(project_id, request.url.path, await request.body())
+
+
+@router.post("/v1/projects/{project_id}/messages", status_code=202, response_model=MessageAccepted)
+async def send(
+    project_id: UUID,
+    body: SendRequest,
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Send a message built from JSON. The same Idempotency-Key and body within 24 h returns the
+    first answer and sends nothing; the same key with another body is a 409."""
+    status, answer = await send_message(
+        ctx, caller, project_id, body, await _idempotency(request, project_id, idempotency_key)
+    )
+    return JSONResponse(answer, status_code=status)
+
+
+@router.post("/v1/projects/{project_id}/messages/raw", status_code=202, response_model=MessageAccepted)
+async def send_raw_message(
+    project_id: UUID,
+    body: RawSendRequest,
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Send a ready RFC 5322 message (base64) with an explicit envelope."""
+    status, answer = await send_raw(
+        ctx, caller, project_id, body, await _idempotency(request, project_id, idempotency_key)
+    )
+    return JSONResponse(answer, status_code=status)
+
+
+def _cursor(row: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        at, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), UUID(ident)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("is not a cursor from this API", field="cursor") from None
+
+
+@router.get("/v1/messages", response_model=MessagePage)
+async def list_messages(
+    ctx: Ctx,
+    caller: Caller,
+    organization_id: UUID | None = None,
+    project_id: UUID | None = None,
+    status: MessageStatus | None = None,
+    label: Annotated[str | None, Query(max_length=100)] = None,
+    recipient: Annotated[str | None, Query(max_length=320)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> MessagePage:
+    """Newest first. `organization_id` is needed only with the operator's token."""
+    org_id = caller.organization_id or organization_id
+    if org_id is None:
+        raise InvalidInput("the operator's token must name an organization", field="organization_id")
+    caller.require(org_id, "read_only", project_id)
+    project_id = project_id or caller.project_id
+    f = messages.MessageFilter(org_id, project_id, status, label, recipient, created_after, created_before)
+    rows = await messages.list_messages(
+        ctx.pool, f, before=_parse_cursor(cursor) if cursor else None, limit=limit + 1
+    )
+    page = rows[:limit]
+    return MessagePage.model_validate(
+        {"messages": page, "next_cursor": _cursor(page[-1]) if len(rows) > limit else None}
+    )
+
+
+async def _detail(ctx: Ctx, caller: Caller, message_id: UUID) -> dict[str, Any]:
+    detail = await messages.get_message_detail(ctx.pool, message_id, caller.organization_id)
+    if detail is None:
+        raise NotFound("no such message")
+    caller.require(detail["organization_id"], "read_only", detail["project_id"])
+    return detail
+
+
+@router.get("/v1/messages/{message_id}", response_model=MessageDetail)
+async def get_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageDetail:
+    return MessageDetail.model_validate(await _detail(ctx, caller, message_id))
+
+
+@router.post("/v1/messages/{message_id}/retry", status_code=202, response_model=MessageAccepted)
+async def retry_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageAccepted:
+    """Try again: deferred, bounced, failed or held messages; delivered ones cannot be retried."""
+    detail = await _detail(ctx, caller, message_id)
+    caller.require(detail["organization_id"], "maintainer", detail["project_id"])
+    moved = await messages.retry_message(
+        ctx.pool, message_id, detail["organization_id"], ctx.settings.message_lifetime_seconds
+    )
+    if moved is None:
+        raise Conflict(f"a {detail['status']} message cannot be retried")
+    event_type = EventType.MESSAGE_VALIDATED if moved["status"] == "validated" else EventType.MESSAGE_ADMITTED
+    data = MessageEvent(
+        message_id=message_id, organization_id=moved["organization_id"], project_id=moved["project_id"]
+    )
+    await ctx.publisher.publish(make_event(event_type, data))
+    return MessageAccepted(id=message_id, message_id=detail["message_id_header"], status=moved["status"])

@@ -1,0 +1,284 @@
+"""Request and response bodies of the management API (the OpenAPI document is built from these)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyOut",
+    "AttemptOut",
+    "DnsRecordOut",
+    "DomainCreate",
+    "DomainOut",
+    "DomainVerification",
+    "IpPoolAssign",
+    "IpPoolCreate",
+    "IpPoolOut",
+    "MessageAccepted",
+    "MessageDetail",
+    "MessagePage",
+    "MessageSummary",
+    "OrganizationCreate",
+    "OrganizationOut",
+    "OrganizationUpdate",
+    "ProjectCreate",
+    "ProjectOut",
+    "ProjectUpdate",
+    "RawSendRequest",
+    "RecipientOut",
+    "SmtpCredentialCreate",
+    "SmtpCredentialCreated",
+    "SmtpCredentialOut",
+    "StatisticsOut",
+    "SuppressionCreate",
+    "SuppressionOut",
+    "SuppressionPage",
+]
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\r\n]+$")]
+Role = Literal["read_only", "maintainer", "admin"]
+BlockStatus = Literal["not_blocked", "no_sending", "full_freeze"]
+Quota = Annotated[int, Field(ge=0, le=1_000_000_000)]
+Retention = Annotated[int, Field(ge=1, le=3650)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrganizationCreate(_In):
+    name: Name
+    monthly_quota: Quota | None = None
+
+
+class OrganizationUpdate(_In):
+    name: Name | None = None
+    monthly_quota: Quota | None = Field(default=None, description="operator only")
+    block_status: BlockStatus | None = Field(default=None, description="operator only")
+
+
+class OrganizationOut(BaseModel):
+    id: UUID
+    name: str
+    monthly_quota: int
+    quota_used: int
+    quota_period_start: date
+    block_status: BlockStatus
+    ip_pool_id: UUID | None
+    created_at: datetime
+
+
+class ProjectCreate(_In):
+    name: Name
+    retention_days: Retention | None = None
+
+
+class ProjectUpdate(_In):
+    name: Name | None = None
+    retention_days: Retention | None = None
+
+
+class ProjectOut(BaseModel):
+    id: UUID
+    organization_id: UUID
+    name: str
+    retention_days: int
+    created_at: datetime
+
+
+class DomainCreate(_In):
+    domain: Annotated[str, Field(min_length=3, max_length=253)]
+    project_ids: Annotated[list[UUID], Field(min_length=1, max_length=100)]
+
+
+class DnsRecordOut(BaseModel):
+    type: str
+    name: str
+    value: str
+
+
+class DomainOut(BaseModel):
+    id: UUID
+    organization_id: UUID
+    domain: str
+    dkim_selector: str
+    verified: bool
+    verified_at: datetime | None
+    project_ids: list[UUID]
+    dns_records: list[DnsRecordOut]
+
+
+class RecordCheckOut(BaseModel):
+    ok: bool
+    found: list[str]
+    expected: str
+
+
+class DomainVerification(BaseModel):
+    domain: str
+    verified: bool
+    checks: dict[str, RecordCheckOut]
+
+
+class SmtpCredentialCreate(_In):
+    description: Annotated[str, Field(max_length=200)] = ""
+
+
+class SmtpCredentialOut(BaseModel):
+    id: UUID
+    project_id: UUID
+    username: str
+    created_at: datetime
+
+
+class SmtpCredentialCreated(SmtpCredentialOut):
+    password: str = Field(description="shown once, never again")
+
+
+class ApiKeyCreate(_In):
+    role: Role = "maintainer"
+    project_id: UUID | None = None
+    description: Annotated[str, Field(max_length=200)] = ""
+
+
+class ApiKeyOut(BaseModel):
+    id: UUID
+    organization_id: UUID | None
+    project_id: UUID | None
+    role: Role
+    created_at: datetime
+
+
+class ApiKeyCreated(ApiKeyOut):
+    token: str = Field(description="shown once, never again")
+
+
+class MessageAccepted(BaseModel):
+    id: UUID
+    message_id: str
+    status: str
+
+
+class RawSendRequest(_In):
+    mail_from: Annotated[str, Field(max_length=320)]
+    recipients: Annotated[list[Annotated[str, Field(max_length=320)]], Field(min_length=1, max_length=50)]
+    raw: Annotated[str, Field(min_length=1, description="the RFC 5322 message, base64")]
+    label: Annotated[str | None, Field(max_length=100)] = None
+    metadata: dict[str, Annotated[str, Field(max_length=1000)]] = Field(default_factory=dict, max_length=50)
+
+
+class MessageSummary(BaseModel):
+    id: UUID
+    organization_id: UUID
+    project_id: UUID
+    mail_from: str
+    message_id_header: str
+    status: str
+    reason: str | None
+    label: str | None
+    attempts: int
+    size: int
+    recipients: list[str]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageSummary]
+    next_cursor: str | None
+
+
+class RecipientOut(BaseModel):
+    address: str
+    status: str
+    last_code: int | None
+    last_enhanced: str | None
+    last_text: str | None
+    attempts: int
+    delivered_at: datetime | None
+
+
+class AttemptOut(BaseModel):
+    domain: str
+    recipients: list[str]
+    mx_host: str | None
+    source_ip: str | None
+    tls_version: str | None
+    code: int | None
+    enhanced: str | None
+    text: str | None
+    duration_ms: int
+    started_at: datetime
+
+
+class MessageDetail(BaseModel):
+    id: UUID
+    organization_id: UUID
+    project_id: UUID
+    mail_from: str
+    message_id_header: str
+    status: str
+    reason: str | None
+    outbound_ip: str | None
+    attempts: int
+    size: int
+    label: str | None
+    metadata: dict[str, Any]
+    next_attempt_at: datetime | None
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    recipients: list[RecipientOut]
+    attempt_log: list[AttemptOut]
+
+
+class SuppressionCreate(_In):
+    address: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    reason: Annotated[str, Field(max_length=200)] = "added by API"
+
+
+class SuppressionOut(BaseModel):
+    address: str
+    reason: str
+    created_at: datetime
+
+
+class SuppressionPage(BaseModel):
+    suppressions: list[SuppressionOut]
+    next_cursor: str | None
+
+
+class IpPoolCreate(_In):
+    name: Name
+    ips: Annotated[list[str], Field(min_length=1, max_length=256)]
+
+
+class IpPoolOut(BaseModel):
+    id: UUID
+    name: str
+    ips: list[str]
+    created_at: datetime
+
+
+class IpPoolAssign(_In):
+    ip_pool_id: UUID | None = Field(description="null returns the organization to the shared pool")
+
+
+class StatisticsRow(BaseModel):
+    day: date
+    status: str
+    count: int
+
+
+class StatisticsOut(BaseModel):
+    organization_id: UUID
+    days: int
+    rows: list[StatisticsRow]
