@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from remails.text import reject_nul
+
 __all__ = ["MAX_RECIPIENTS", "Attachment", "EmailAddress", "SendRequest", "compose"]
 
 MAX_RECIPIENTS = 50
@@ -49,6 +51,12 @@ def _no_line_breaks(value: str) -> str:
 
 class EmailAddress(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
     email: Annotated[str, Field(max_length=320, examples=["ada@example.com"])]
     name: Annotated[str | None, Field(default=None, max_length=200)] = None
 
@@ -74,6 +82,12 @@ AddressField = Annotated[EmailAddress, Field(description="an address, or {email,
 
 class Attachment(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
     filename: Annotated[str, Field(min_length=1, max_length=255)]
     content_type: Annotated[str, Field(pattern=r"^[\w.+-]+/[\w.+-]+$", max_length=127)] = (
         "application/octet-stream"
@@ -98,6 +112,12 @@ class Attachment(BaseModel):
 
 class SendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
+
     from_: Annotated[AddressField, Field(alias="from")]
     to: list[AddressField] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
     cc: list[AddressField] = Field(default_factory=list, max_length=MAX_RECIPIENTS)

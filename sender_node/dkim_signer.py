@@ -54,18 +54,19 @@ class DkimSigner:
         present = {name.lower() for name, _ in headers}
         include = [h for h in SIGNED_HEADERS if h in present]
         body_hash = base64.b64encode(hashlib.sha256(_CANON.canonicalize_body(body)).digest())
-        fields = [
-            (b"v", b"1"),
-            (b"a", b"rsa-sha256"),
-            (b"c", b"relaxed/relaxed"),
-            (b"d", self.domain),
-            (b"s", self.selector),
-            (b"t", str(int(now if now is not None else time.time())).encode()),
-            (b"h", b":".join(include)),
-            (b"bh", body_hash),
-            (b"b", b""),
+        tags = [
+            b"v=1",
+            b"a=rsa-sha256",
+            b"c=relaxed/relaxed",
+            b"d=" + self.domain,
+            b"s=" + self.selector,
+            b"t=" + str(int(now if now is not None else time.time())).encode(),
+            b"h=" + b" : ".join(include),
+            b"bh=" + body_hash,
         ]
-        unsigned = b"; ".join(b"=".join(f) for f in fields)
+        # Hash exactly the folded header that is sent, with an empty b=; relaxed
+        # canonicalisation then agrees with any verifier about the whitespace.
+        unsigned = _fold(tags) + b";\r\n b="
         hasher = hashlib.sha256()
         dkim.hash_headers(
             hasher,
@@ -73,9 +74,30 @@ class DkimSigner:
             _CANON.canonicalize_headers(headers),
             include,
             (b"DKIM-Signature", b" " + unsigned),
-            dict(fields),
+            {},
         )
-        signature = self._key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        value = dkim.fold(unsigned + base64.b64encode(signature), namelen=len(b"DKIM-Signature"))
-        header: bytes = b"DKIM-Signature: " + value + b"\r\n"
+        signature = base64.b64encode(
+            self._key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        )
+        folded_signature = b"\r\n ".join(signature[i : i + 72] for i in range(0, len(signature), 72))
+        header: bytes = b"DKIM-Signature: " + unsigned + folded_signature + b"\r\n"
         return header
+
+
+def _fold(tags: list[bytes], width: int = 76) -> bytes:
+    """Join tags with "; ", breaking lines only where whitespace is allowed: between tags,
+    and around the ':' separators of h= (RFC 6376 §3.5 permits FWS there)."""
+    lines: list[bytes] = []
+    line = b""
+    for i, tag in enumerate(tags):
+        piece = tag + (b";" if i < len(tags) - 1 else b"")
+        words = piece.split(b" ")  # h= is "h=a : b : c"; every other tag is one word
+        for word in words:
+            candidate = word if not line else line + b" " + word
+            if line and len(candidate) + (len(b"DKIM-Signature: ") if not lines else 1) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+    lines.append(line)
+    return b"\r\n ".join(lines)

@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse
 
 from functions.api.auth import Caller, Ctx
 from functions.api.models import MessageAccepted, MessageDetail, MessagePage, RawSendRequest
+from functions.api.organizations import project_of
 from functions.compose import SendRequest
 from functions.send import request_digest, send_message, send_raw
 from remails.db import messages
 from remails.errors import Conflict, InvalidInput, NotFound
 from remails.events import EventType, MessageEvent, make_event
+from remails.text import NO_NUL
 from remails.types import MessageStatus
 
 router = APIRouter(tags=["messages"])
@@ -84,18 +86,20 @@ async def list_messages(
     organization_id: UUID | None = None,
     project_id: UUID | None = None,
     status: MessageStatus | None = None,
-    label: Annotated[str | None, Query(max_length=100)] = None,
-    recipient: Annotated[str | None, Query(max_length=320)] = None,
+    label: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
+    recipient: Annotated[str | None, Query(max_length=320, pattern=NO_NUL)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> MessagePage:
     """Newest first. `organization_id` is needed only with the operator's token."""
-    org_id = caller.organization_id or organization_id
+    org_id = organization_id or caller.organization_id
     if org_id is None:
         raise InvalidInput("the operator's token must name an organization", field="organization_id")
     caller.require(org_id, "read_only", project_id)
+    if project_id is not None and (await project_of(ctx, caller, project_id)).organization_id != org_id:
+        raise NotFound("no such project")
     project_id = project_id or caller.project_id
     f = messages.MessageFilter(org_id, project_id, status, label, recipient, created_after, created_before)
     rows = await messages.list_messages(

@@ -6,7 +6,9 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from remails.text import reject_nul
 
 __all__ = [
     "ApiKeyCreate",
@@ -50,6 +52,11 @@ Retention = Annotated[int, Field(ge=1, le=3650)]
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)
 
 
 class OrganizationCreate(_In):

@@ -13,6 +13,7 @@ from functions.api.models import SuppressionCreate, SuppressionOut, SuppressionP
 from functions.api.organizations import organization_of
 from remails.db import suppressions
 from remails.errors import NotFound
+from remails.text import NO_NUL
 
 router = APIRouter(tags=["suppressions"])
 
@@ -22,7 +23,7 @@ async def list_suppressions(
     org_id: UUID,
     ctx: Ctx,
     caller: Caller,
-    cursor: Annotated[str | None, Query(max_length=320)] = None,
+    cursor: Annotated[str | None, Query(max_length=320, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> SuppressionPage:
     await organization_of(ctx, caller, org_id)
@@ -44,7 +45,7 @@ async def add_suppression(org_id: UUID, body: SuppressionCreate, ctx: Ctx, calle
 
 @router.delete("/v1/organizations/{org_id}/suppressions/{address}", status_code=204, response_class=Response)
 async def delete_suppression(
-    org_id: UUID, address: Annotated[str, Path(max_length=320)], ctx: Ctx, caller: Caller
+    org_id: UUID, address: Annotated[str, Path(max_length=320, pattern=NO_NUL)], ctx: Ctx, caller: Caller
 ) -> Response:
     await organization_of(ctx, caller, org_id, "maintainer")
     if not await suppressions.delete_suppression(ctx.pool, org_id, address):

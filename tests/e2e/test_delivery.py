@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dkim
 import dns.resolver
+import httpx
 
-from remails.db import egress, orgs
+from remails.db import credentials, egress, orgs
 from remails.events import EventType, MessageEvent, make_event
 from tests.e2e.conftest import World, message_status
 from tests.factories import store_message
@@ -152,3 +153,37 @@ async def test_quota_exhaustion_holds_the_message_until_quota_returns(world: Wor
     await pool.execute("UPDATE organizations SET monthly_quota = 10 WHERE id = $1", tenant.org_id)
     await wait_until(lambda: _is(pool, str(held), "delivered"))
     assert len(sink.received) == 2
+
+
+async def test_sent_by_http_is_delivered_end_to_end(world: World) -> None:
+    sink = await world.sink("dest.test", "127.0.0.10")
+    runtime = await world.runtime()
+    tenant = await world.tenant(runtime, "example.test")
+    assert runtime.db is not None and runtime.api is not None
+    pool = runtime.db.pool
+    _, token = await credentials.create_api_key(pool, tenant.org_id, "maintainer")
+    host, port = runtime.api.address
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
+        response = await client.post(
+            f"/v1/projects/{tenant.project_id}/messages",
+            headers={"Authorization": f"Bearer {token}"},
+            json={
+                "from": "app@example.test",
+                "to": ["user@dest.test"],
+                "subject": "hi",
+                "html": "<b>hi</b>",
+                "label": "welcome",
+            },
+        )
+        assert response.status_code == 202, response.text
+        message_id = response.json()["id"]
+        await wait_until(lambda: _is(pool, message_id, "delivered"))
+        shown = (
+            await client.get(f"/v1/messages/{message_id}", headers={"Authorization": f"Bearer {token}"})
+        ).json()
+    assert shown["status"] == "delivered" and shown["label"] == "welcome"
+    assert shown["recipients"][0]["last_code"] == 250
+    assert shown["attempt_log"][0]["mx_host"] == "mx-127.0.0.10.test"
+    [received] = sink.received
+    assert dkim.verify(received.data, dnsfunc=_dns_txt(world))
+    assert (world.settings().data_dir / "admin-token").stat().st_mode & 0o777 == 0o600
