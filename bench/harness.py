@@ -106,7 +106,9 @@ class SmtpSink:
         self.counter_file = workdir / f"sink-{ip}-{port}.out"
         self._out = self.counter_file.open("wb")
         self.process = subprocess.Popen(
-            ["smtp-sink", "-u", "nobody", "-c", f"{ip}:{port}", "1024"], stdout=self._out, stderr=subprocess.DEVNULL
+            ["smtp-sink", "-u", "nobody", "-c", f"{ip}:{port}", "1024"],
+            stdout=self._out,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(ip, port, 10)
 
@@ -130,7 +132,16 @@ class PySink:
         self.ip, self.port = ip, port
         self.counter_file = workdir / f"pysink-{ip}-{port}.out"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.pysink", ip, str(port), str(fail_share), str(delay), str(self.counter_file)],
+            [
+                sys.executable,
+                "-m",
+                "bench.pysink",
+                ip,
+                str(port),
+                str(fail_share),
+                str(delay),
+                str(self.counter_file),
+            ],
             cwd=ROOT,
         )
         wait_for_port(ip, port, 10)
@@ -205,7 +216,12 @@ class Remails:
     def _cli(self, *args: str) -> dict[str, object]:
         out = subprocess.run(
             [sys.executable, "-m", "remails.cli", *args, "--json"],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         parsed: dict[str, object] = json.loads(out.stdout)
         return parsed
@@ -226,7 +242,11 @@ class Remails:
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "remails.cli", "up"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
+            [sys.executable, "-m", "remails.cli", "up"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
         log.close()
         wait_for_port("127.0.0.1", self.port, 60)
@@ -322,7 +342,9 @@ local_recipient_maps =
 class Postfix:
     """A Postfix instance whose whole configuration and queue live in a temp dir."""
 
-    def __init__(self, workdir: Path, port: int, sink_ip: str, sink_port: int, fast_retry: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, port: int, sink_ip: str, sink_port: int, fast_retry: bool = False
+    ) -> None:
         self.dir = workdir / "postfix"
         for sub in ("etc", "queue", "data"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -347,8 +369,13 @@ class Postfix:
         self.port = port
 
     def _postfix(self, action: str) -> None:
-        subprocess.run(["postfix", "-c", str(self.dir / "etc"), action], check=True, timeout=60,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["postfix", "-c", str(self.dir / "etc"), action],
+            check=True,
+            timeout=60,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def start(self) -> None:
         self._postfix("check")

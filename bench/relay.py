@@ -1,6 +1,6 @@
 """bench/relay: the same load through Remails and through Postfix, side by side.
 
-smtp-source pushes N messages (default 5,000 × 4 KB, 20 sessions) into each relay; each
+smtp-source pushes N messages (default 5,000 messages of 4 KB, 20 sessions) into each relay; each
 relays to a sink on loopback (Postfix's smtp-sink, or a failing/slow sink with
 --sink-fail/--sink-delay). Prints accept and end-to-end throughput, accept→delivered latency,
 CPU seconds and peak memory, and the ratios. `--json` prints one object.
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    PySink,
     Postfix,
+    PySink,
     Remails,
-    SmtpSink,
     Sink,
+    SmtpSink,
     ensure_debian_tools,
     free_port,
     latencies_ms,
@@ -42,7 +42,9 @@ def _sink(args: argparse.Namespace, ip: str, workdir: Path) -> Sink:
     return SmtpSink(ip, port, workdir)
 
 
-def _figures(n: int, accept_s: float, e2e_s: float | None, lat: list[float], cpu: float, rss: float) -> dict[str, Any]:
+def _figures(
+    n: int, accept_s: float, e2e_s: float | None, lat: list[float], cpu: float, rss: float
+) -> dict[str, Any]:
     return {
         "accept_per_s": round(n / accept_s, 1),
         "e2e_per_s": round(n / e2e_s, 1) if e2e_s else 0.0,
@@ -57,7 +59,11 @@ def _figures(n: int, accept_s: float, e2e_s: float | None, lat: list[float], cpu
 def _retry_env(args: argparse.Namespace) -> dict[str, str]:
     if not (args.sink_fail or args.sink_delay):
         return {}
-    return {"REMAILS_RETRY_FIRST_SECONDS": "1", "REMAILS_RETRY_MAX_SECONDS": "4", "REMAILS_TICK_SECONDS": "0.5"}
+    return {
+        "REMAILS_RETRY_FIRST_SECONDS": "1",
+        "REMAILS_RETRY_MAX_SECONDS": "4",
+        "REMAILS_TICK_SECONDS": "0.5",
+    }
 
 
 def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -69,7 +75,9 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         remails.start(remails.setup_tenant())
         cpu_before = remails.cpu_seconds()
         started = time.monotonic()
-        accept_s = smtp_source(remails.port, args.messages, args.size, args.concurrency, args.reuse, args.bound)
+        accept_s = smtp_source(
+            remails.port, args.messages, args.size, args.concurrency, args.reuse, args.bound
+        )
         waited = wait_for_sink(sink, args.messages, args.bound)
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = remails.cpu_seconds() - cpu_before
@@ -90,12 +98,16 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def run_postfix(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sink_ip = "127.0.0.21"
     sink = _sink(args, sink_ip, workdir)
-    postfix = Postfix(workdir, free_port(), sink_ip, sink.port, fast_retry=bool(args.sink_fail or args.sink_delay))
+    postfix = Postfix(
+        workdir, free_port(), sink_ip, sink.port, fast_retry=bool(args.sink_fail or args.sink_delay)
+    )
     try:
         postfix.start()
         cpu_before = postfix.cpu_seconds()
         started = time.monotonic()
-        accept_s = smtp_source(postfix.port, args.messages, args.size, args.concurrency, args.reuse, args.bound)
+        accept_s = smtp_source(
+            postfix.port, args.messages, args.size, args.concurrency, args.reuse, args.bound
+        )
         waited = wait_for_sink(sink, args.messages, args.bound)
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = postfix.cpu_seconds() - cpu_before
@@ -121,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096, help="payload bytes per message")
     parser.add_argument("--concurrency", type=int, default=20, help="smtp-source sessions")
     parser.add_argument("--reuse", action="store_true", help="keep sessions open between messages (-d)")
-    parser.add_argument("--sink-fail", type=float, default=0.0, help="share of transactions the sink answers 4xx")
-    parser.add_argument("--sink-delay", type=float, default=0.0, help="seconds the sink waits before each reply")
-    parser.add_argument("--bound", type=float, default=600.0, help="give up on a phase after this many seconds")
+    parser.add_argument(
+        "--sink-fail", type=float, default=0.0, help="share of transactions the sink answers 4xx"
+    )
+    parser.add_argument(
+        "--sink-delay", type=float, default=0.0, help="seconds the sink waits before each reply"
+    )
+    parser.add_argument(
+        "--bound", type=float, default=600.0, help="give up on a phase after this many seconds"
+    )
     parser.add_argument("--only", choices=["remails", "postfix"], default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--json", action="store_true")

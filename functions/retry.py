@@ -57,46 +57,46 @@ def _reply_text(result: RecipientResult) -> str:
 
 async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, DeliveryAttempted)
-    now = datetime.now(UTC)
+    message = await pipeline.load_attempted(ctx.pool, data.message_id)
+    if message is None or message.status != "attempted":
+        return None
     policy = RetryPolicy(ctx.settings.retry_first_seconds, ctx.settings.retry_max_seconds)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        message = await pipeline.load_message(conn, data.message_id, lock=True)
-        if message is None or message.status != "attempted":
-            return None
-        recipients = await pipeline.load_recipients(conn, message.id)
-        statuses: dict[int, str] = {}
-        suppress: list[tuple[str, str]] = []
-        next_attempt = None
-        retry_at = next_attempt_at(message.attempts, now, message.expires_at, policy, random.uniform(-1, 1))
-        for r in recipients:
-            if r.status not in ("pending", "deferred"):
-                continue
-            result = RecipientResult(r.last_code, r.last_enhanced, r.last_text or "")
-            disposition: str = classify(result)
-            if disposition == "deferred" and retry_at is None:
-                disposition = "failed"  # the next try would be past the message lifetime
-            statuses[r.id] = disposition
-            if is_hard_bounce(result):
-                suppress.append((r.address, "hard bounce: " + _reply_text(result)))
-        final = message_outcome([statuses.get(r.id, r.status) for r in recipients])
-        if final == "deferred":
-            next_attempt = retry_at
-        counts = {s: list(statuses.values()).count(s) for s in set(statuses.values())}
-        reason = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or None
-        if not await pipeline.apply_outcome(conn, message, statuses, suppress, final, reason, next_attempt):
-            return None
+    retry_at = next_attempt_at(
+        message.attempts, datetime.now(UTC), message.expires_at, policy, random.uniform(-1, 1)
+    )
+    statuses: dict[int, str] = {}
+    suppress: list[tuple[str, str]] = []
+    for r in message.recipients:
+        if r.status not in ("pending", "deferred"):
+            continue
+        result = RecipientResult(r.last_code, r.last_enhanced, r.last_text or "")
+        disposition: str = classify(result)
+        if disposition == "deferred" and retry_at is None:
+            disposition = "failed"  # the next try would be past the message lifetime
+        statuses[r.id] = disposition
+        if is_hard_bounce(result):
+            suppress.append((r.address, "hard bounce: " + _reply_text(result)))
+    final = message_outcome([statuses.get(r.id, r.status) for r in message.recipients])
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    reason = ", ".join(f"{n} {s}" for s, n in counts.items()) or None
+    next_attempt = retry_at if final == "deferred" else None
+    if not await pipeline.apply_outcome(
+        ctx.pool, message.key.id, statuses, suppress, final, reason, next_attempt
+    ):
+        return None  # another decision won: this event was a duplicate
     log_event(
         logger,
         "attempt decided",
-        message_id=message.id,
+        message_id=message.key.id,
         status=final,
         attempts=message.attempts,
         **counts,
     )
+    key = message.key
     outcome = MessageOutcome(
-        message_id=message.id,
-        organization_id=message.organization_id,
-        project_id=message.project_id,
+        message_id=key.id,
+        organization_id=key.organization_id,
+        project_id=key.project_id,
         status=final,
         reason=reason,
     )

@@ -14,7 +14,6 @@ from cloudevents.http import CloudEvent
 
 from remails.context import Context
 from remails.db import pipeline
-from remails.db.egress import live_egress_ips
 from remails.events import EventType, MessageEvent, MessageRouted, event_data, make_event
 from remails.log import log_event
 
@@ -39,16 +38,15 @@ def choose_egress(live_ips: list[str], message_id: UUID, attempt: int) -> str | 
 
 async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
-    message = await pipeline.load_message(ctx.pool, data.message_id)
+    fresh = ctx.settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
+    message = await pipeline.load_to_route(ctx.pool, data.message_id, fresh)
     if message is None or message.status != "admitted":
         return None
-    fresh = ctx.settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
-    ips = await live_egress_ips(ctx.pool, message.organization_id, fresh)
-    ip = choose_egress(ips, message.id, message.attempts)
+    ip = choose_egress(message.live_ips, data.message_id, message.attempts)
     if ip is None:
         # Stays admitted; the sweep routes it again once a sender node is back.
-        log_event(logger, "no live egress source", logging.WARNING, message_id=message.id)
+        log_event(logger, "no live egress source", logging.WARNING, message_id=data.message_id)
         return None
-    if not await pipeline.set_route(ctx.pool, message.id, ip):
+    if not await pipeline.set_route(ctx.pool, data.message_id, ip):
         return None
     return make_event(EventType.MESSAGE_ROUTED, MessageRouted(**data.model_dump(), outbound_ip=ip))

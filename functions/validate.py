@@ -14,7 +14,6 @@ from cloudevents.http import CloudEvent
 
 from remails.context import Context
 from remails.db import pipeline
-from remails.db.domains import verified_domains_of_project
 from remails.domain_records import is_same_or_subdomain
 from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
 from remails.message_headers import header_block
@@ -83,19 +82,21 @@ def decide(
 
 async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
-    message = await pipeline.load_message(ctx.pool, data.message_id)
+    message = await pipeline.load_to_validate(ctx.pool, data.message_id)
     if message is None or message.status != "received":
         return None  # a duplicate, or already moved on
-    raw = await pipeline.load_raw(ctx.pool, message.id) or b""
-    recipients = [r.address for r in await pipeline.load_recipients(ctx.pool, message.id)]
-    suppressed = await pipeline.suppressed_among(ctx.pool, message.organization_id, recipients)
-    verified = await verified_domains_of_project(ctx.pool, message.project_id)
-    decision = decide(header_block(raw), message.mail_from, verified, recipients, suppressed)
+    decision = decide(
+        header_block(message.head),
+        message.mail_from,
+        message.verified_domains,
+        message.recipients,
+        message.suppressed,
+    )
+    if not await pipeline.apply_validation(
+        ctx.pool, data.message_id, decision.suppressed, decision.reject_reason
+    ):
+        return None
     if decision.reject_reason is not None:
-        if await pipeline.apply_validation(ctx.pool, message.id, decision.suppressed, decision.reject_reason):
-            outcome = MessageOutcome(**data.model_dump(), status="rejected", reason=decision.reject_reason)
-            return make_event(EventType.MESSAGE_REJECTED, outcome)
-        return None
-    if not await pipeline.apply_validation(ctx.pool, message.id, decision.suppressed, None):
-        return None
+        outcome = MessageOutcome(**data.model_dump(), status="rejected", reason=decision.reject_reason)
+        return make_event(EventType.MESSAGE_REJECTED, outcome)
     return make_event(EventType.MESSAGE_VALIDATED, data)

@@ -7,13 +7,14 @@ print the new object with its `id`. Secrets (passwords, tokens) are printed once
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
+
+import uvloop
 
 from remails.config import ConfigError, Settings, load_settings
 from remails.crypto import load_master_key
@@ -72,13 +73,9 @@ async def _with_db(
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    async def work(db: Database) -> dict[str, Any]:
-        applied = await migrate(db.pool)
-        return {"applied": applied, "up_to_date": True}
-
     db = await connect(settings, max_size=2, run_migrations=False)
     try:
-        return await work(db)
+        return {"applied": await migrate(db.pool), "up_to_date": True}
     finally:
         await db.close()
 
@@ -267,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        result = asyncio.run(args.func(args, settings))
+        result = uvloop.run(args.func(args, settings))
     except (ConfigError, CliError) as exc:
         _fail(str(exc), args.json)
         return 1

@@ -16,7 +16,11 @@ class DnsFailure(TemporaryFailure):
     """A lookup failed temporarily (timeout, SERVFAIL): the answer is unknown, not empty."""
 
 
-def make_resolver(settings: Settings, timeout: float = 5.0) -> dns.asyncresolver.Resolver:
+def make_resolver(
+    settings: Settings, timeout: float = 5.0, *, cache: bool = False
+) -> dns.asyncresolver.Resolver:
+    """A resolver on the configured servers. `cache`: keep answers for their TTL (delivery);
+    without it every lookup asks again (domain verification must see fresh records)."""
     if settings.dns_servers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [host for host, _ in settings.dns_servers]
@@ -26,7 +30,7 @@ def make_resolver(settings: Settings, timeout: float = 5.0) -> dns.asyncresolver
         resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = timeout
     resolver.timeout = timeout
-    resolver.cache = None
+    resolver.cache = dns.resolver.LRUCache(50_000) if cache else None
     return resolver
 
 

@@ -47,7 +47,7 @@ class SenderNode:
         self.settings = ctx.settings
         self.name = ctx.settings.effective_node_name
         self.ips = list(ctx.settings.outbound_ips)
-        self.resolver = make_resolver(ctx.settings)
+        self.resolver = make_resolver(ctx.settings, cache=True)
         self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls)
         self.rng = random.Random()
         self._signers: dict[tuple[UUID, str], DkimSigner | None] = {}
@@ -119,17 +119,17 @@ class SenderNode:
         )
         if claimed is None:
             return None  # a duplicate event, or another node took it
-        message = claimed.message
+        message = claimed.key
         body = normalise_line_endings(claimed.raw)
-        signer = await self._signer(message.organization_id, message.mail_from)
+        signer = await self._signer(message.organization_id, claimed.mail_from)
         if signer is not None:
             body = signer.signature_header(body) + body
         by_domain: dict[str, list[str]] = defaultdict(list)
-        for r in claimed.recipients:
-            by_domain[r.domain].append(r.address)
+        for address, domain in claimed.recipients:
+            by_domain[domain].append(address)
         attempts = await asyncio.gather(
             *(
-                self._attempt(domain, rcpts, message.mail_from, body, data.outbound_ip)
+                self._attempt(domain, rcpts, claimed.mail_from, body, data.outbound_ip)
                 for domain, rcpts in by_domain.items()
             )
         )

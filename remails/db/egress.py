@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import Executor, required
+from remails.db.rows import required
 from remails.errors import Conflict
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "create_ip_pool",
     "get_ip_pool_by_name",
     "heartbeat",
-    "live_egress_ips",
     "register_node",
 ]
 
@@ -77,24 +76,6 @@ async def register_node(pool: asyncpg.Pool, node_name: str, ips: list[str]) -> N
 
 async def heartbeat(pool: asyncpg.Pool, node_name: str) -> None:
     await pool.execute("UPDATE sender_nodes SET heartbeat_at = now() WHERE name = $1", node_name)
-
-
-# live_egress_ips: the IPs an organization may send from, held by nodes seen recently.
-# Its dedicated pool when it has one, else the shared pool (IPs in no pool).
-_LIVE_EGRESS = """
-SELECT host(o.ip) AS ip
-  FROM outbound_ips o
-  JOIN sender_nodes n ON n.name = o.node_name
-  JOIN organizations org ON org.id = $1
- WHERE n.heartbeat_at > now() - make_interval(secs => $2)
-   AND o.pool_id IS NOT DISTINCT FROM org.ip_pool_id
- ORDER BY o.ip
-"""
-
-
-async def live_egress_ips(conn: Executor, org_id: UUID, fresh_seconds: float) -> list[str]:
-    rows = await conn.fetch(_LIVE_EGRESS, org_id, fresh_seconds)
-    return [r["ip"] for r in rows]
 
 
 async def list_ip_pools(pool: asyncpg.Pool) -> list[IpPool]:

@@ -1,5 +1,8 @@
-"""Message state transitions of the delivery pipeline: each a guarded statement naming the state
-it expects. Zero rows is a normal answer — another handler or a duplicate event moved the
+"""Message state transitions of the delivery pipeline.
+
+Each step reads what it needs in one query and moves the message in one statement guarded by
+the state it expects (a CTE where several tables change together, so no transaction spans a
+round trip). Zero rows is a normal answer — another handler or a duplicate event moved the
 message first — and callers then do nothing.
 """
 
@@ -11,29 +14,33 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from remails.db.rows import Executor
 
 __all__ = [
     "AttemptRecord",
+    "Attempted",
     "Claimed",
     "MessageKey",
     "MessageRow",
     "RecipientRow",
+    "ToRoute",
+    "ToValidate",
     "admit",
     "advance",
     "apply_outcome",
     "apply_validation",
     "claim_for_sending",
+    "load_attempted",
     "load_message",
-    "load_raw",
-    "load_recipients",
+    "load_to_route",
+    "load_to_validate",
     "record_attempts",
     "release_node_leases",
     "set_route",
-    "suppressed_among",
 ]
+
+# Headers are what validation reads; a header block larger than this is malformed anyway.
+HEADER_READ_LIMIT = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,13 @@ class RecipientRow:
     last_text: str | None
 
 
+@dataclass(frozen=True)
+class MessageKey:
+    id: UUID
+    organization_id: UUID
+    project_id: UUID
+
+
 _MESSAGE = """
 SELECT id, organization_id, project_id, status::text, mail_from, message_id_header,
        host(outbound_ip) AS outbound_ip, attempts, expires_at, reason
@@ -68,27 +82,9 @@ SELECT id, organization_id, project_id, status::text, mail_from, message_id_head
 """
 
 
-async def load_message(conn: Executor, message_id: UUID, *, lock: bool = False) -> MessageRow | None:
-    row = await conn.fetchrow(_MESSAGE + (" FOR UPDATE" if lock else ""), message_id)
+async def load_message(conn: Executor, message_id: UUID) -> MessageRow | None:
+    row = await conn.fetchrow(_MESSAGE, message_id)
     return MessageRow(**row) if row else None
-
-
-async def load_raw(conn: Executor, message_id: UUID) -> bytes | None:
-    raw: bytes | None = await conn.fetchval("SELECT raw FROM messages WHERE id = $1", message_id)
-    return raw
-
-
-async def load_recipients(
-    conn: Executor, message_id: UUID, statuses: Sequence[str] | None = None
-) -> list[RecipientRow]:
-    rows = await conn.fetch(
-        "SELECT id, address, domain, status::text, last_code, last_enhanced, last_text"
-        " FROM recipients WHERE message_id = $1"
-        " AND ($2::text[] IS NULL OR status::text = ANY($2::text[])) ORDER BY id",
-        message_id,
-        list(statuses) if statuses is not None else None,
-    )
-    return [RecipientRow(**r) for r in rows]
 
 
 # advance: expected → new, only if the message is still in one of the expected states.
@@ -107,61 +103,141 @@ async def advance(
     return await conn.fetchval(_ADVANCE, message_id, list(expected), new, reason) is not None
 
 
-async def suppressed_among(conn: Executor, org_id: UUID, addresses: Sequence[str]) -> set[str]:
-    """Which of `addresses` (case-insensitive) are on the organization's suppression list."""
-    rows = await conn.fetch(
-        "SELECT address FROM suppressions WHERE organization_id = $1 AND address = ANY($2::text[])",
-        org_id,
-        [a.lower() for a in addresses],
-    )
-    return {r["address"] for r in rows}
+# -- validate ---------------------------------------------------------------------------------
 
 
-async def apply_validation(
-    pool: asyncpg.Pool, message_id: UUID, suppressed: Sequence[str], reject_reason: str | None
-) -> bool:
-    """received → validated or → rejected, suppressed recipients marked, in one transaction."""
-    async with pool.acquire() as conn, conn.transaction():
-        new_status = "validated" if reject_reason is None else "rejected"
-        if not await advance(conn, message_id, ["received"], new_status, reject_reason):
-            return False
-        if suppressed:
-            await conn.execute(
-                "UPDATE recipients SET status = 'suppressed', updated_at = now(),"
-                " last_text = 'address is on the suppression list'"
-                " WHERE message_id = $1 AND lower(address) = ANY($2::text[])",
-                message_id,
-                [a.lower() for a in suppressed],
-            )
-        return True
+@dataclass(frozen=True)
+class ToValidate:
+    key: MessageKey
+    status: str
+    mail_from: str
+    head: bytes
+    recipients: list[str]
+    suppressed: set[str]
+    verified_domains: list[str]
 
 
-# admit: count the message against its organization's monthly quota, atomically.
-# The message row is locked first, so a duplicate event waits and then finds it moved.
-_LOCK_VALIDATED = "SELECT organization_id FROM messages WHERE id = $1 AND status = 'validated' FOR UPDATE"
-_COUNT_QUOTA = """
-UPDATE organizations
-   SET quota_used = CASE WHEN quota_period_start < date_trunc('month', now())::date
-                         THEN 1 ELSE quota_used + 1 END,
-       quota_period_start = date_trunc('month', now())::date,
-       updated_at = now()
- WHERE id = $1
-   AND (quota_period_start < date_trunc('month', now())::date OR quota_used < monthly_quota)
-RETURNING monthly_quota
+_TO_VALIDATE = f"""
+SELECT m.id, m.organization_id, m.project_id, m.status::text, m.mail_from,
+       substring(m.raw FROM 1 FOR {HEADER_READ_LIMIT}) AS head,
+       ARRAY(SELECT r.address FROM recipients r WHERE r.message_id = m.id ORDER BY r.id) AS recipients,
+       ARRAY(SELECT s.address FROM recipients r JOIN suppressions s
+                ON s.organization_id = m.organization_id AND s.address = lower(r.address)
+              WHERE r.message_id = m.id) AS suppressed,
+       ARRAY(SELECT d.name FROM domains d JOIN domain_projects dp ON dp.domain_id = d.id
+              WHERE dp.project_id = m.project_id AND d.verified_at IS NOT NULL) AS verified
+  FROM messages m WHERE m.id = $1
 """
 
 
-async def admit(pool: asyncpg.Pool, message_id: UUID) -> str | None:
+async def load_to_validate(conn: Executor, message_id: UUID) -> ToValidate | None:
+    row = await conn.fetchrow(_TO_VALIDATE, message_id)
+    if row is None:
+        return None
+    return ToValidate(
+        MessageKey(row["id"], row["organization_id"], row["project_id"]),
+        row["status"],
+        row["mail_from"],
+        bytes(row["head"]),
+        list(row["recipients"]),
+        set(row["suppressed"]),
+        list(row["verified"]),
+    )
+
+
+# apply_validation: received → validated or rejected, suppressed recipients marked, at once.
+_VALIDATED = """
+WITH m AS (
+    UPDATE messages SET status = $2::message_status, reason = $3, updated_at = now(),
+           finished_at = CASE WHEN $2::text = 'rejected' THEN now() END
+     WHERE id = $1 AND status = 'received'
+    RETURNING id
+), r AS (
+    UPDATE recipients SET status = 'suppressed', last_text = 'address is on the suppression list',
+           updated_at = now()
+     WHERE message_id IN (SELECT id FROM m) AND lower(address) = ANY($4::text[])
+)
+SELECT id FROM m
+"""
+
+
+async def apply_validation(
+    conn: Executor, message_id: UUID, suppressed: Sequence[str], reject_reason: str | None
+) -> bool:
+    status = "validated" if reject_reason is None else "rejected"
+    suppressed_lower = [a.lower() for a in suppressed]
+    return await conn.fetchval(_VALIDATED, message_id, status, reject_reason, suppressed_lower) is not None
+
+
+# -- quota ------------------------------------------------------------------------------------
+
+# admit: count the message against its organization's monthly quota, atomically. The message
+# row is locked first (a duplicate waits, then finds it moved); the organization row is
+# updated under its own lock with the quota re-checked, so concurrent messages never
+# over-count. A quota period that started before this month is reset here.
+_ADMIT = """
+WITH m AS (
+    SELECT id, organization_id FROM messages WHERE id = $1 AND status = 'validated' FOR UPDATE
+), counted AS (
+    UPDATE organizations o
+       SET quota_used = CASE WHEN o.quota_period_start < date_trunc('month', now())::date
+                             THEN 1 ELSE o.quota_used + 1 END,
+           quota_period_start = date_trunc('month', now())::date, updated_at = now()
+      FROM m
+     WHERE o.id = m.organization_id
+       AND (o.quota_period_start < date_trunc('month', now())::date OR o.quota_used < o.monthly_quota)
+    RETURNING o.id
+), moved AS (
+    UPDATE messages
+       SET status = CASE WHEN EXISTS (SELECT 1 FROM counted) THEN 'admitted'::message_status
+                         ELSE 'held'::message_status END,
+           reason = CASE WHEN EXISTS (SELECT 1 FROM counted) THEN NULL ELSE 'monthly quota used up' END,
+           updated_at = now()
+      FROM m WHERE messages.id = m.id
+    RETURNING messages.status::text
+)
+SELECT status FROM moved
+"""
+
+
+async def admit(conn: Executor, message_id: UUID) -> str | None:
     """validated → admitted when quota is left, else → held. None: not in `validated`."""
-    async with pool.acquire() as conn, conn.transaction():
-        org_id = await conn.fetchval(_LOCK_VALIDATED, message_id)
-        if org_id is None:
-            return None
-        if await conn.fetchval(_COUNT_QUOTA, org_id) is not None:
-            await advance(conn, message_id, ["validated"], "admitted")
-            return "admitted"
-        await advance(conn, message_id, ["validated"], "held", "monthly quota used up")
-        return "held"
+    status: str | None = await conn.fetchval(_ADMIT, message_id)
+    return status
+
+
+# -- route ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToRoute:
+    key: MessageKey
+    status: str
+    attempts: int
+    live_ips: list[str]
+
+
+# load_to_route: the message and the egress sources its organization may use right now —
+# its dedicated pool when it has one, else the shared pool (IPs in no pool) — held by
+# sender nodes seen within `fresh` seconds.
+_TO_ROUTE = """
+SELECT m.id, m.organization_id, m.project_id, m.status::text, m.attempts,
+       ARRAY(SELECT host(o.ip) FROM outbound_ips o
+               JOIN sender_nodes n ON n.name = o.node_name
+               JOIN organizations org ON org.id = m.organization_id
+              WHERE n.heartbeat_at > now() - make_interval(secs => $2)
+                AND o.pool_id IS NOT DISTINCT FROM org.ip_pool_id
+              ORDER BY o.ip) AS live_ips
+  FROM messages m WHERE m.id = $1
+"""
+
+
+async def load_to_route(conn: Executor, message_id: UUID, fresh_seconds: float) -> ToRoute | None:
+    row = await conn.fetchrow(_TO_ROUTE, message_id, fresh_seconds)
+    if row is None:
+        return None
+    key = MessageKey(row["id"], row["organization_id"], row["project_id"])
+    return ToRoute(key, row["status"], row["attempts"], list(row["live_ips"]))
 
 
 async def set_route(conn: Executor, message_id: UUID, outbound_ip: str) -> bool:
@@ -175,34 +251,46 @@ async def set_route(conn: Executor, message_id: UUID, outbound_ip: str) -> bool:
     return result is not None
 
 
+# -- send -------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Claimed:
-    message: MessageRow
+    key: MessageKey
+    mail_from: str
     raw: bytes
-    recipients: list[RecipientRow]
+    recipients: list[tuple[str, str]]  # (address, domain) of the recipients still to deliver
 
 
-# claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt.
+# claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt
+# and returns what the sender needs, in one statement.
 _CLAIM = """
-UPDATE messages
-   SET status = 'sending', lease_owner = $3, lease_until = now() + make_interval(secs => $4),
-       attempts = attempts + 1, updated_at = now()
- WHERE id = $1 AND status = 'routed' AND outbound_ip = $2::inet
-RETURNING id
+WITH c AS (
+    UPDATE messages
+       SET status = 'sending', lease_owner = $3, lease_until = now() + make_interval(secs => $4),
+           attempts = attempts + 1, updated_at = now()
+     WHERE id = $1 AND status = 'routed' AND outbound_ip = $2::inet
+    RETURNING id, organization_id, project_id, mail_from, raw
+)
+SELECT c.*,
+       ARRAY(SELECT r.address FROM recipients r
+              WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS addresses,
+       ARRAY(SELECT r.domain FROM recipients r
+              WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS domains
+  FROM c
 """
 
 
 async def claim_for_sending(
-    pool: asyncpg.Pool, message_id: UUID, outbound_ip: str, node: str, lease_seconds: float
+    conn: Executor, message_id: UUID, outbound_ip: str, node: str, lease_seconds: float
 ) -> Claimed | None:
-    async with pool.acquire() as conn:
-        if await conn.fetchval(_CLAIM, message_id, outbound_ip, node, lease_seconds) is None:
-            return None
-        message = await load_message(conn, message_id)
-        raw = await load_raw(conn, message_id)
-        recipients = await load_recipients(conn, message_id, ["pending", "deferred"])
-    assert message is not None and raw is not None
-    return Claimed(message, raw, recipients)
+    row = await conn.fetchrow(_CLAIM, message_id, outbound_ip, node, lease_seconds)
+    if row is None:
+        return None
+    key = MessageKey(row["id"], row["organization_id"], row["project_id"])
+    return Claimed(
+        key, row["mail_from"], bytes(row["raw"]), list(zip(row["addresses"], row["domains"], strict=True))
+    )
 
 
 @dataclass(frozen=True)
@@ -221,61 +309,59 @@ class AttemptRecord:
     replies: dict[str, tuple[int | None, str | None, str]]  # address → (code, enhanced, text)
 
 
+# record_attempts: sending → attempted with every reply and attempt row stored, only for the
+# node holding the lease, in one statement.
+_RECORD = """
+WITH m AS (
+    UPDATE messages SET status = 'attempted', lease_owner = NULL, lease_until = NULL, updated_at = now()
+     WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+    RETURNING id
+), r AS (
+    UPDATE recipients
+       SET last_code = u.code, last_enhanced = u.enhanced, last_text = u.text,
+           attempts = recipients.attempts + 1, updated_at = now()
+      FROM jsonb_to_recordset($3::jsonb) AS u(address text, code int, enhanced text, text text)
+     WHERE recipients.message_id IN (SELECT id FROM m) AND recipients.address = u.address
+), a AS (
+    INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,
+                          enhanced, text, duration_ms)
+    SELECT m.id, a.domain, a.recipients, a.mx_host, a.source_ip::inet, a.tls_version, a.code,
+           a.enhanced, a.text, a.duration_ms
+      FROM m, jsonb_to_recordset($4::jsonb) AS a(domain text, recipients text[], mx_host text,
+               source_ip text, tls_version text, code int, enhanced text, text text, duration_ms int)
+)
+SELECT id FROM m
+"""
+
+
 async def record_attempts(
-    pool: asyncpg.Pool, message_id: UUID, node: str, attempts: Sequence[AttemptRecord]
+    conn: Executor, message_id: UUID, node: str, attempts: Sequence[AttemptRecord]
 ) -> bool:
-    """sending → attempted with every reply stored, only for the node holding the lease."""
-    replies: list[tuple[Any, ...]] = [
-        (message_id, address, code, enhanced, text)
+    replies = [
+        {"address": address, "code": code, "enhanced": enhanced, "text": text}
         for a in attempts
         for address, (code, enhanced, text) in a.replies.items()
     ]
-    async with pool.acquire() as conn, conn.transaction():
-        moved = await conn.fetchval(
-            "UPDATE messages SET status = 'attempted', lease_owner = NULL, lease_until = NULL,"
-            " updated_at = now() WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id",
-            message_id,
-            node,
-        )
-        if moved is None:
-            return False
-        await conn.executemany(
-            "UPDATE recipients SET last_code = $3, last_enhanced = $4, last_text = $5,"
-            " attempts = attempts + 1, updated_at = now() WHERE message_id = $1 AND address = $2",
-            replies,
-        )
-        await conn.executemany(
-            "INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,"
-            " enhanced, text, duration_ms) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, $9, $10)",
-            [
-                (
-                    message_id,
-                    a.domain,
-                    a.recipients,
-                    a.mx_host,
-                    a.source_ip,
-                    a.tls_version,
-                    a.code,
-                    a.enhanced,
-                    a.text,
-                    a.duration_ms,
-                )
-                for a in attempts
-            ],
-        )
-        return True
+    rows: list[dict[str, Any]] = [
+        {
+            "domain": a.domain,
+            "recipients": a.recipients,
+            "mx_host": a.mx_host,
+            "source_ip": a.source_ip,
+            "tls_version": a.tls_version,
+            "code": a.code,
+            "enhanced": a.enhanced,
+            "text": a.text,
+            "duration_ms": a.duration_ms,
+        }
+        for a in attempts
+    ]
+    return await conn.fetchval(_RECORD, message_id, node, replies, rows) is not None
 
 
-@dataclass(frozen=True)
-class MessageKey:
-    id: UUID
-    organization_id: UUID
-    project_id: UUID
-
-
-async def release_node_leases(pool: asyncpg.Pool, node: str) -> list[MessageKey]:
+async def release_node_leases(conn: Executor, node: str) -> list[MessageKey]:
     """A node that (re)starts holds no sends: its leased messages go back to routing."""
-    rows = await pool.fetch(
+    rows = await conn.fetch(
         "UPDATE messages SET status = 'admitted', lease_owner = NULL, lease_until = NULL, updated_at = now()"
         " WHERE status = 'sending' AND lease_owner = $1 RETURNING id, organization_id, project_id",
         node,
@@ -283,38 +369,81 @@ async def release_node_leases(pool: asyncpg.Pool, node: str) -> list[MessageKey]
     return [MessageKey(**r) for r in rows]
 
 
+# -- decide -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempted:
+    key: MessageKey
+    status: str
+    attempts: int
+    expires_at: datetime
+    recipients: list[RecipientRow]
+
+
+_ATTEMPTED = """
+SELECT m.id, m.organization_id, m.project_id, m.status::text, m.attempts, m.expires_at,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                    'id', r.id, 'address', r.address, 'domain', r.domain, 'status', r.status,
+                    'last_code', r.last_code, 'last_enhanced', r.last_enhanced, 'last_text', r.last_text)
+                    ORDER BY r.id)
+                   FROM recipients r WHERE r.message_id = m.id), '[]'::jsonb) AS recipients
+  FROM messages m WHERE m.id = $1
+"""
+
+
+async def load_attempted(conn: Executor, message_id: UUID) -> Attempted | None:
+    row = await conn.fetchrow(_ATTEMPTED, message_id)
+    if row is None:
+        return None
+    key = MessageKey(row["id"], row["organization_id"], row["project_id"])
+    recipients = [RecipientRow(**r) for r in row["recipients"]]
+    return Attempted(key, row["status"], row["attempts"], row["expires_at"], recipients)
+
+
+# apply_outcome: attempted → the decided status, each recipient's new status, and hard
+# bounces suppressed, in one statement guarded by `attempted`.
+_OUTCOME = """
+WITH m AS (
+    UPDATE messages
+       SET status = $2::message_status, reason = $3, next_attempt_at = $4, updated_at = now(),
+           finished_at = CASE WHEN $2::text IN ('delivered', 'bounced', 'failed') THEN now() END
+     WHERE id = $1 AND status = 'attempted'
+    RETURNING id, organization_id
+), r AS (
+    UPDATE recipients
+       SET status = u.status::recipient_status, updated_at = now(),
+           delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE recipients.delivered_at END
+      FROM unnest($5::bigint[], $6::text[]) AS u(id, status)
+     WHERE recipients.id = u.id AND recipients.message_id IN (SELECT id FROM m)
+), s AS (
+    INSERT INTO suppressions (organization_id, address, reason)
+    SELECT m.organization_id, lower(x.address), x.reason
+      FROM m, unnest($7::text[], $8::text[]) AS x(address, reason)
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM m
+"""
+
+
 async def apply_outcome(
     conn: Executor,
-    message: MessageRow,
+    message_id: UUID,
     recipient_statuses: dict[int, str],
     suppress: Sequence[tuple[str, str]],
     status: str,
     reason: str | None,
     next_attempt: datetime | None,
 ) -> bool:
-    """attempted → the decided status, with each recipient's new status and hard bounces
-    suppressed. Call inside a transaction that loaded `message` with lock=True."""
     moved = await conn.fetchval(
-        "UPDATE messages SET status = $2::message_status, reason = $3, next_attempt_at = $4,"
-        " updated_at = now(), finished_at = CASE WHEN $2::text IN ('delivered', 'bounced', 'failed')"
-        " THEN now() END"
-        " WHERE id = $1 AND status = 'attempted' RETURNING id",
-        message.id,
+        _OUTCOME,
+        message_id,
         status,
         reason,
         next_attempt,
+        list(recipient_statuses),
+        list(recipient_statuses.values()),
+        [address for address, _ in suppress],
+        [why for _, why in suppress],
     )
-    if moved is None:
-        return False
-    await conn.executemany(
-        "UPDATE recipients SET status = $2::recipient_status, updated_at = now(),"
-        " delivered_at = CASE WHEN $2::text = 'delivered' THEN now() ELSE delivered_at END WHERE id = $1",
-        list(recipient_statuses.items()),
-    )
-    if suppress:
-        await conn.executemany(
-            "INSERT INTO suppressions (organization_id, address, reason) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING",
-            [(message.organization_id, address.lower(), why) for address, why in suppress],
-        )
-    return True
+    return moved is not None
