@@ -32,9 +32,10 @@ async def _ctx() -> Context:
             settings = load_settings()
             if settings.database_url is None:
                 raise RuntimeError("REMAILS_DATABASE_URL must be set for a function")
-            pool = await create_pool(settings.database_url, max_size=5)
+            pool = await create_pool(settings.database_url, max_size=2)
+            pipeline_pool = await create_pool(settings.database_url, max_size=5, durable=False)
             master_key = load_master_key(settings.secret_key, settings.data_dir)
-            _context = Context(settings, pool, KnativePublisher(), master_key)
+            _context = Context(settings, pool, KnativePublisher(), master_key, pipeline_pool)
         return _context
 
 

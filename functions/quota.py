@@ -18,7 +18,7 @@ FILTERS = [{"exact": {"type": EventType.MESSAGE_VALIDATED.value}}]
 
 async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
-    result = await pipeline.admit(ctx.pool, data.message_id)
+    result = await pipeline.admit(ctx.pipeline, data.message_id)
     if result == "admitted":
         return make_event(EventType.MESSAGE_ADMITTED, data)
     if result == "held":

@@ -57,7 +57,7 @@ def _reply_text(result: RecipientResult) -> str:
 
 async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, DeliveryAttempted)
-    message = await pipeline.load_attempted(ctx.pool, data.message_id)
+    message = await pipeline.load_attempted(ctx.pipeline, data.message_id)
     if message is None or message.status != "attempted":
         return None
     policy = RetryPolicy(ctx.settings.retry_first_seconds, ctx.settings.retry_max_seconds)
@@ -81,7 +81,7 @@ async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None
     reason = ", ".join(f"{n} {s}" for s, n in counts.items()) or None
     next_attempt = retry_at if final == "deferred" else None
     if not await pipeline.apply_outcome(
-        ctx.pool, message.key.id, statuses, suppress, final, reason, next_attempt
+        ctx.pipeline, message.key.id, statuses, suppress, final, reason, next_attempt
     ):
         return None  # another decision won: this event was a duplicate
     log_event(
@@ -135,10 +135,10 @@ def _event_for(swept: sweep.Swept) -> CloudEvent | None:
 async def handle_tick(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     """The sweep. Publishes directly: one tick can move many messages."""
     swept = [
-        *await sweep.expire_deferred(ctx.pool, SWEEP_LIMIT),
-        *await sweep.due_deferred(ctx.pool, SWEEP_LIMIT),
-        *await sweep.restart_stuck(ctx.pool, ctx.settings.stuck_after_seconds, SWEEP_LIMIT),
-        *await sweep.requeue_held(ctx.pool, SWEEP_LIMIT),
+        *await sweep.expire_deferred(ctx.pipeline, SWEEP_LIMIT),
+        *await sweep.due_deferred(ctx.pipeline, SWEEP_LIMIT),
+        *await sweep.restart_stuck(ctx.pipeline, ctx.settings.stuck_after_seconds, SWEEP_LIMIT),
+        *await sweep.requeue_held(ctx.pipeline, SWEEP_LIMIT),
     ]
     for item in swept:
         follow_up = _event_for(item)

@@ -39,7 +39,7 @@ def choose_egress(live_ips: list[str], message_id: UUID, attempt: int) -> str | 
 async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
     fresh = ctx.settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
-    message = await pipeline.load_to_route(ctx.pool, data.message_id, fresh)
+    message = await pipeline.load_to_route(ctx.pipeline, data.message_id, fresh)
     if message is None or message.status != "admitted":
         return None
     ip = choose_egress(message.live_ips, data.message_id, message.attempts)
@@ -47,6 +47,6 @@ async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         # Stays admitted; the sweep routes it again once a sender node is back.
         log_event(logger, "no live egress source", logging.WARNING, message_id=data.message_id)
         return None
-    if not await pipeline.set_route(ctx.pool, data.message_id, ip):
+    if not await pipeline.set_route(ctx.pipeline, data.message_id, ip):
         return None
     return make_event(EventType.MESSAGE_ROUTED, MessageRouted(**data.model_dump(), outbound_ip=ip))

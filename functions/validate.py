@@ -82,7 +82,7 @@ def decide(
 
 async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
-    message = await pipeline.load_to_validate(ctx.pool, data.message_id)
+    message = await pipeline.load_to_validate(ctx.pipeline, data.message_id)
     if message is None or message.status != "received":
         return None  # a duplicate, or already moved on
     decision = decide(
@@ -93,7 +93,7 @@ async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         message.suppressed,
     )
     if not await pipeline.apply_validation(
-        ctx.pool, data.message_id, decision.suppressed, decision.reject_reason
+        ctx.pipeline, data.message_id, decision.suppressed, decision.reject_reason
     ):
         return None
     if decision.reject_reason is not None:

@@ -62,9 +62,10 @@ class Runtime:
     _ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.db = await connect(self.settings, max_size=20)
+        self.db = await connect(self.settings, max_size=10)
+        pipeline_pool = await self.db.open_pipeline_pool(max_size=20)
         master_key = load_master_key(self.settings.secret_key, self.settings.data_dir)
-        ctx = Context(self.settings, self.db.pool, self.bus, master_key)
+        ctx = Context(self.settings, self.db.pool, self.bus, master_key, pipeline_pool)
         self.ctx = ctx
         for sub in HANDLERS:
             handler = functools.partial(sub.handler, ctx)
@@ -179,9 +180,11 @@ async def serve_role(settings: Settings, role: str, name: str | None) -> None:
         app = create_function_app(target=name, source=source)  # type: ignore[no-untyped-call]
         await _serve_http(app, settings)
         return
-    db = await connect(settings, max_size=20)
+    db = await connect(settings, max_size=10)
+    pipeline_pool = await db.open_pipeline_pool(max_size=20)
     publisher = KnativePublisher()
-    ctx = Context(settings, db.pool, publisher, load_master_key(settings.secret_key, settings.data_dir))
+    master_key = load_master_key(settings.secret_key, settings.data_dir)
+    ctx = Context(settings, db.pool, publisher, master_key, pipeline_pool)
     stop = _stop_event()
     try:
         if role == "api":

@@ -69,9 +69,9 @@ class SenderNode:
         ]
 
     async def start(self) -> None:
-        await egress.register_node(self.ctx.pool, self.name, self.ips)
+        await egress.register_node(self.ctx.pipeline, self.name, self.ips)
         # Whatever this node was sending before a restart is not being sent now.
-        for key in await pipeline.release_node_leases(self.ctx.pool, self.name):
+        for key in await pipeline.release_node_leases(self.ctx.pipeline, self.name):
             data = MessageEvent(
                 message_id=key.id, organization_id=key.organization_id, project_id=key.project_id
             )
@@ -89,7 +89,7 @@ class SenderNode:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             try:
-                await egress.heartbeat(self.ctx.pool, self.name)
+                await egress.heartbeat(self.ctx.pipeline, self.name)
             except Exception as exc:  # a missed beat only delays routing to us
                 log_event(logger, "heartbeat failed", logging.WARNING, error=type(exc).__name__)
 
@@ -102,7 +102,7 @@ class SenderNode:
             parts = sender_domain.split(".")
             candidates += [".".join(parts[i:]) for i in range(1, len(parts) - 1)]
             for name in candidates:  # the most specific registered domain signs
-                key = await signing_key(self.ctx.pool, org_id, name)
+                key = await signing_key(self.ctx.pipeline, org_id, name)
                 if key is not None and is_same_or_subdomain(sender_domain, key.domain):
                     pem = self.ctx.master_key.open(key.private_sealed, context=key.domain)
                     signer = DkimSigner(key.domain, key.selector, pem)
@@ -115,7 +115,7 @@ class SenderNode:
         if data.outbound_ip not in self.ips:
             return None
         claimed = await pipeline.claim_for_sending(
-            self.ctx.pool, data.message_id, data.outbound_ip, self.name, self.lease_seconds
+            self.ctx.pipeline, data.message_id, data.outbound_ip, self.name, self.lease_seconds
         )
         if claimed is None:
             return None  # a duplicate event, or another node took it
@@ -133,7 +133,7 @@ class SenderNode:
                 for domain, rcpts in by_domain.items()
             )
         )
-        if not await pipeline.record_attempts(self.ctx.pool, message.id, self.name, attempts):
+        if not await pipeline.record_attempts(self.ctx.pipeline, message.id, self.name, attempts):
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=message.id)
             return None
         for a in attempts:

@@ -50,7 +50,7 @@ def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> list[str]:
     options = []
     if client.supports_extension("size"):
         options.append(f"SIZE={len(envelope.data)}")
-    if client.supports_extension("8bitmime") and any(b > 127 for b in envelope.data):
+    if client.supports_extension("8bitmime") and not envelope.data.isascii():
         options.append("BODY=8BITMIME")
     if client.supports_extension("smtputf8") and not envelope.mail_from.isascii():
         options.append("SMTPUTF8")

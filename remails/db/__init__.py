@@ -24,8 +24,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    pool: Pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's reset query (RESET ALL, UNLISTEN *, …): we never
+    change session state, and that query was a round trip on every release."""
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, durable: bool = True) -> Pool:
+    """`durable=False`: commits return before the WAL is flushed (synchronous_commit off)."""
+    pool: Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        server_settings={} if durable else {"synchronous_commit": "off"},
+    )
     return pool
 
 
@@ -36,8 +49,15 @@ class Database:
         self.pool = pool
         self.dsn = dsn
         self._embedded = embedded
+        self.pipeline_pool: Pool | None = None
+
+    async def open_pipeline_pool(self, max_size: int) -> Pool:
+        self.pipeline_pool = await create_pool(self.dsn, max_size=max_size, durable=False)
+        return self.pipeline_pool
 
     async def close(self) -> None:
+        if self.pipeline_pool is not None:
+            await self.pipeline_pool.close()
         await self.pool.close()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
