@@ -32,6 +32,7 @@ from remails.events import (
 )
 from remails.log import log_event
 from remails.message_headers import normalise_line_endings
+from sender_node.connections import ConnectionCache
 from sender_node.dkim_signer import DkimSigner
 from sender_node.mx import DeliveryDnsError, resolve_destination
 from sender_node.smtp_client import Envelope, TlsPolicy, deliver, failed_attempt
@@ -52,6 +53,7 @@ class SenderNode:
         self.rng = random.Random()
         self._signers: dict[tuple[UUID, str], DkimSigner | None] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self.connections = ConnectionCache()
         # The lease outlives the longest attempt: every MX step may take the full timeout.
         self.lease_seconds = max(
             self.settings.stuck_after_seconds, 8 * self.settings.smtp_client_timeout_seconds
@@ -84,10 +86,12 @@ class SenderNode:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
+        await self.connections.close_idle(everything=True)
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
+            await self.connections.close_idle()
             try:
                 await egress.heartbeat(self.ctx.pipeline, self.name)
             except Exception as exc:  # a missed beat only delays routing to us
@@ -171,6 +175,7 @@ class SenderNode:
             domain,
             hosts,
             Envelope(mail_from, recipients, body),
+            cache=self.connections,
             source_ip=source_ip,
             port=self.settings.delivery_port,
             hostname=self.settings.hostname,

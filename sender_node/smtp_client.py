@@ -1,5 +1,6 @@
 """One SMTP transaction to one destination: try its MX hosts in order, from the egress source,
-with opportunistic STARTTLS (RFC 7435), and record every recipient's reply."""
+with opportunistic STARTTLS (RFC 7435), reusing an idle connection to the same MX when there
+is one, and record every recipient's reply."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import aiosmtplib
 
 from remails.db.pipeline import AttemptRecord
 from remails.outcomes import split_enhanced
+from sender_node.connections import CachedConnection, ConnectionCache
 from sender_node.mx import MxHost
 
-__all__ = ["Envelope", "TlsPolicy", "deliver"]
+__all__ = ["Envelope", "TlsPolicy", "deliver", "failed_attempt"]
+
+Reply = tuple[int | None, str | None, str]
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,25 @@ class TlsPolicy:
         return context
 
 
+@dataclass(frozen=True)
+class Path:
+    """Where and how to connect: the egress source, one MX address, our EHLO name."""
+
+    host: MxHost
+    ip: str
+    port: int
+    source_ip: str
+    hostname: str
+    tls: TlsPolicy
+    step_timeout: float
+
+
 class _ConnectionFailed(Exception):
     """Nothing was said with this host (connect, greeting, EHLO or TLS failed): try the next."""
+
+
+class _LostBeforeData(Exception):
+    """The connection died before DATA: nothing was delivered, so another connection may try."""
 
 
 def _reply(code: int, message: str) -> tuple[int, str | None, str]:
@@ -57,46 +78,40 @@ def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> list[str]:
     return options
 
 
-async def _transaction(
-    host: MxHost,
-    ip: str,
-    port: int,
-    source_ip: str,
-    hostname: str,
-    envelope: Envelope,
-    tls: TlsPolicy,
-    step_timeout: float,
-) -> tuple[dict[str, tuple[int | None, str | None, str]], str | None, tuple[int, str | None, str]]:
+async def _connect(path: Path) -> CachedConnection:
     client = aiosmtplib.SMTP(
-        hostname=ip,
-        port=port,
-        local_hostname=hostname,
-        source_address=(source_ip, 0),
+        hostname=path.ip,
+        port=path.port,
+        local_hostname=path.hostname,
+        source_address=(path.source_ip, 0),
         start_tls=False,
-        timeout=step_timeout,
+        timeout=path.step_timeout,
     )
     try:
         await client.connect()
         await client.ehlo()
         if client.supports_extension("starttls"):
-            await client.starttls(server_hostname=host.name, tls_context=tls.context())
+            await client.starttls(server_hostname=path.host.name, tls_context=path.tls.context())
             await client.ehlo()
-        elif tls.require_verified:
+        elif path.tls.require_verified:
             raise _ConnectionFailed("4.7.5 TLS required but the server does not offer STARTTLS")
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
         client.close()
-        raise _ConnectionFailed(f"{host.name}[{ip}]: {type(exc).__name__}: {exc}") from exc
-    tls_version = None
+        raise _ConnectionFailed(f"{path.host.name}[{path.ip}]: {type(exc).__name__}: {exc}") from exc
     ssl_object = client.get_transport_info("ssl_object")
-    if ssl_object is not None:
-        tls_version = ssl_object.version()
-    replies: dict[str, tuple[int | None, str | None, str]] = {}
+    tls_version = ssl_object.version() if ssl_object is not None else None
+    return CachedConnection(client, tls_version, time.monotonic())
+
+
+async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[dict[str, Reply], Reply]:
+    """MAIL, RCPT for each recipient, DATA if any was accepted; the replies per recipient."""
+    replies: dict[str, Reply] = {}
     try:
         try:
             await client.mail(envelope.mail_from, options=_mail_options(client, envelope))
         except aiosmtplib.SMTPResponseException as exc:
             refusal = _reply(exc.code, exc.message)
-            return {r: refusal for r in envelope.recipients}, tls_version, refusal
+            return {r: refusal for r in envelope.recipients}, refusal
         accepted = []
         for rcpt in envelope.recipients:
             try:
@@ -106,22 +121,17 @@ async def _transaction(
                 replies[rcpt] = _reply(exc.code, exc.message)
         if not accepted:
             await client.rset()
-            last = next(iter(replies.values()))
-            return replies, tls_version, (int(last[0] or 0), last[1], last[2])
-        try:
-            response = await client.data(envelope.data)
-            final = _reply(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            final = _reply(exc.code, exc.message)
-        for rcpt in accepted:
-            replies[rcpt] = final
-        return replies, tls_version, final
-    finally:
-        if client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+            return replies, next(iter(replies.values()))
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+        raise _LostBeforeData(str(exc)) from exc
+    try:
+        response = await client.data(envelope.data)
+        final: Reply = _reply(response.code, response.message)
+    except aiosmtplib.SMTPResponseException as exc:
+        final = _reply(exc.code, exc.message)
+    for rcpt in accepted:
+        replies[rcpt] = final
+    return replies, final
 
 
 async def deliver(
@@ -129,6 +139,7 @@ async def deliver(
     hosts: list[MxHost],
     envelope: Envelope,
     *,
+    cache: ConnectionCache,
     source_ip: str,
     port: int,
     hostname: str,
@@ -141,19 +152,23 @@ async def deliver(
     errors: list[str] = []
     for host in hosts:
         for ip in host.addresses:
+            path = Path(host, ip, port, source_ip, hostname, tls, step_timeout)
+            key = (source_ip, ip, port)
             try:
-                replies, tls_version, (code, enhanced, text) = await _transaction(
-                    host, ip, port, source_ip, hostname, envelope, tls, step_timeout
-                )
-            except (_ConnectionFailed, aiosmtplib.SMTPException, OSError) as exc:
+                connection, replies, (code, enhanced, text) = await _on_path(path, key, cache, envelope)
+            except (_ConnectionFailed, _LostBeforeData) as exc:
                 errors.append(str(exc))
                 continue
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                # Lost during or after DATA: it may have arrived; deferred, the retry may duplicate.
+                text = f"connection lost during DATA with {host.name}[{ip}]: {type(exc).__name__}"
+                return failed_attempt(domain, envelope.recipients, source_ip, "4.4.2", text, started)
             return AttemptRecord(
                 domain=domain,
                 recipients=envelope.recipients,
                 mx_host=host.name,
                 source_ip=source_ip,
-                tls_version=tls_version,
+                tls_version=connection.tls_version,
                 code=code,
                 enhanced=enhanced,
                 text=text,
@@ -162,6 +177,29 @@ async def deliver(
             )
     text = "no MX host answered: " + "; ".join(errors[-3:])
     return failed_attempt(domain, envelope.recipients, source_ip, "4.4.1", text, started)
+
+
+async def _on_path(
+    path: Path, key: tuple[str, str, int], cache: ConnectionCache, envelope: Envelope
+) -> tuple[CachedConnection, dict[str, Reply], Reply]:
+    """One transaction on a cached connection, or on a new one when there is none or the cached
+    one turns out to be closed before DATA. The connection goes back to the cache if it lives."""
+    connection = cache.take(key)
+    if connection is not None:
+        try:
+            replies, final = await _transaction(connection.client, envelope)
+        except _LostBeforeData:
+            connection.client.close()
+            connection = None
+    if connection is None:
+        connection = await _connect(path)
+        try:
+            replies, final = await _transaction(connection.client, envelope)
+        except BaseException:
+            connection.client.close()
+            raise
+    cache.give_back(key, connection)
+    return connection, replies, final
 
 
 def failed_attempt(
