@@ -147,7 +147,7 @@ class PySink:
         wait_for_port(ip, port, 10)
 
     def count(self) -> int:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             return int(self.counter_file.read_text().split()[0])
         return 0
 
@@ -172,9 +172,13 @@ def wait_for_sink(sink: Sink, n: int, bound: float) -> float | None:
 # -- load -----------------------------------------------------------------------------------
 
 
-def smtp_source(port: int, messages: int, size: int, concurrency: int, reuse: bool, bound: float) -> float:
-    """Seconds until smtp-source has had every message accepted (it exits after the last 250)."""
+def smtp_source(
+    port: int, messages: int, size: int, concurrency: int, reuse: bool, bound: float, wait: int = 0
+) -> float:
+    """Seconds until smtp-source has had every message accepted (it exits after the last 250).
+    `wait`: seconds each session pauses between messages, for a steady rate instead of a flood."""
     command = ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(size), "-N"]
+    command += ["-w", str(wait)] if wait else []
     command += ["-M", "client.bench.test", "-f", SENDER, "-t", f"rcpt@{SINK_DOMAIN}"]
     command += ["-d"] if reuse else []
     start = time.monotonic()
@@ -196,6 +200,7 @@ class Remails:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    project_id: str = ""
 
     def __post_init__(self) -> None:
         self.data_dir = self.workdir / "remails-data"

@@ -25,7 +25,9 @@ class Handler:
         if random.random() < self.fail_share:
             return "451 4.3.0 busy, try again later"
         self.accepted += 1
-        self.counter.write_text(f"{self.accepted}\n")
+        partial = self.counter.with_suffix(".tmp")
+        partial.write_text(f"{self.accepted}\n")
+        partial.replace(self.counter)  # readers never see a half-written count
         return "250 2.0.0 Ok"
 
 

@@ -134,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20, help="smtp-source sessions")
     parser.add_argument("--reuse", action="store_true", help="keep sessions open between messages (-d)")
     parser.add_argument(
+        "--wait",
+        type=int,
+        default=0,
+        help="seconds each session waits between messages (steady rate: C/wait msg/s)",
+    )
+    parser.add_argument(
         "--sink-fail", type=float, default=0.0, help="share of transactions the sink answers 4xx"
     )
     parser.add_argument(

@@ -1,0 +1,36 @@
+"""The benchmark tools keep working: both run on a tiny load and print their JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [str(ROOT / "bench" / args[0]), *args[1:]], capture_output=True, text=True, timeout=400
+    )
+
+
+async def test_relay_runs_remails_and_postfix_side_by_side() -> None:
+    result = await _run("relay", "--messages", "50", "--concurrency", "5", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    for side in ("remails", "postfix"):
+        assert figures[side]["delivered"] == 50, figures
+        for key in ("accept_per_s", "e2e_per_s", "p50_ms", "p99_ms", "cpu_s", "peak_rss_mb"):
+            assert figures[side][key] > 0, (side, key, figures)
+    assert figures["ratio_e2e"] > 0
+
+
+async def test_faults_kills_the_runtime_and_loses_nothing() -> None:
+    result = await _run("faults", "--messages", "50", "--concurrency", "5", "--seed", "3", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    counts = json.loads(result.stdout)
+    assert counts["accepted"] == 50
+    assert counts["lost"] == 0 and counts["delivered_unique"] == 50
+    assert counts["duplicates"] >= 0
