@@ -172,18 +172,52 @@ def wait_for_sink(sink: Sink, n: int, bound: float) -> float | None:
 # -- load -----------------------------------------------------------------------------------
 
 
-def smtp_source(
-    port: int, messages: int, size: int, concurrency: int, reuse: bool, bound: float, wait: int = 0
-) -> float:
-    """Seconds until smtp-source has had every message accepted (it exits after the last 250).
-    `wait`: seconds each session pauses between messages, for a steady rate instead of a flood."""
+def smtp_source(port: int, messages: int, size: int, concurrency: int, reuse: bool, bound: float) -> float:
+    """Seconds until smtp-source has had every message accepted (it exits after the last 250)."""
     command = ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(size), "-N"]
-    command += ["-w", str(wait)] if wait else []
     command += ["-M", "client.bench.test", "-f", SENDER, "-t", f"rcpt@{SINK_DOMAIN}"]
     command += ["-d"] if reuse else []
     start = time.monotonic()
     subprocess.run([*command, f"127.0.0.1:{port}"], check=True, timeout=bound, stdout=subprocess.DEVNULL)
     return time.monotonic() - start
+
+
+def paced_load(port: int, messages: int, size: int, rate: float, bound: float) -> float:
+    """Send `messages` at a steady `rate` per second (a new connection each, up to 100 at a
+    time); seconds until the last one was accepted."""
+    import asyncio
+
+    import aiosmtplib
+
+    body = ("x" * 76 + "\r\n") * max(1, size // 78)
+
+    async def one(i: int, gate: asyncio.Semaphore) -> None:
+        message = (
+            f"From: {SENDER}\r\nTo: rcpt{i}@{SINK_DOMAIN}\r\nSubject: paced {i}\r\n\r\n{body}"
+        ).encode()
+        async with gate:
+            await aiosmtplib.send(
+                message,
+                sender=SENDER,
+                recipients=[f"rcpt{i}@{SINK_DOMAIN}"],
+                hostname="127.0.0.1",
+                port=port,
+                local_hostname="client.bench.test",
+                start_tls=False,
+                timeout=30,
+            )
+
+    async def run() -> float:
+        gate = asyncio.Semaphore(100)
+        start = time.monotonic()
+        tasks = []
+        for i in range(messages):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(i, gate)))
+        await asyncio.wait_for(asyncio.gather(*tasks), bound)
+        return time.monotonic() - start
+
+    return asyncio.run(run())
 
 
 # -- remails ------------------------------------------------------------------------------------

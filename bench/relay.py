@@ -25,6 +25,7 @@ from bench.harness import (
     free_port,
     latencies_ms,
     local_dns,
+    paced_load,
     peak_rss_mb,
     percentile,
     smtp_source,
@@ -66,6 +67,12 @@ def _retry_env(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def _load(args: argparse.Namespace, port: int) -> float:
+    if args.rate:
+        return paced_load(port, args.messages, args.size, args.rate, args.bound)
+    return smtp_source(port, args.messages, args.size, args.concurrency, args.reuse, args.bound)
+
+
 def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sink_ip = "127.0.0.20"
     sink = _sink(args, sink_ip, workdir)
@@ -75,9 +82,7 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         remails.start(remails.setup_tenant())
         cpu_before = remails.cpu_seconds()
         started = time.monotonic()
-        accept_s = smtp_source(
-            remails.port, args.messages, args.size, args.concurrency, args.reuse, args.bound
-        )
+        accept_s = _load(args, remails.port)
         waited = wait_for_sink(sink, args.messages, args.bound)
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = remails.cpu_seconds() - cpu_before
@@ -105,9 +110,7 @@ def run_postfix(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         postfix.start()
         cpu_before = postfix.cpu_seconds()
         started = time.monotonic()
-        accept_s = smtp_source(
-            postfix.port, args.messages, args.size, args.concurrency, args.reuse, args.bound
-        )
+        accept_s = _load(args, postfix.port)
         waited = wait_for_sink(sink, args.messages, args.bound)
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = postfix.cpu_seconds() - cpu_before
@@ -134,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20, help="smtp-source sessions")
     parser.add_argument("--reuse", action="store_true", help="keep sessions open between messages (-d)")
     parser.add_argument(
-        "--wait",
-        type=int,
-        default=0,
-        help="seconds each session waits between messages (steady rate: C/wait msg/s)",
+        "--rate",
+        type=float,
+        default=0.0,
+        help="a steady rate (msg/s) from a paced generator instead of smtp-source's flood",
     )
     parser.add_argument(
         "--sink-fail", type=float, default=0.0, help="share of transactions the sink answers 4xx"

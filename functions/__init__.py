@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from functions import quota, retry, route, validate
+from functions import quota, retry, route, validate, webhooks
 from remails.bus.filters import Filter
 from remails.context import Context
 
@@ -34,4 +34,6 @@ HANDLERS: list[Subscription] = [
     Subscription("route", route.FILTERS, route.handle),
     Subscription("retry", retry.ATTEMPT_FILTERS, retry.handle_attempted),
     Subscription("retry", retry.TICK_FILTERS, retry.handle_tick),
+    Subscription("webhooks", webhooks.OUTCOME_FILTERS, webhooks.handle_outcome),
+    Subscription("webhooks", webhooks.TICK_FILTERS, webhooks.handle_tick),
 ]

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from functions import HANDLERS
+from remails.bus.filters import matches
 from remails.bus.knative import KnativePublisher
 from remails.config import load_settings
 from remails.context import Context
@@ -42,9 +43,7 @@ async def _ctx() -> Context:
 async def _dispatch(function: str, event: CloudEvent) -> CloudEvent | None:
     ctx = await _ctx()
     for sub in HANDLERS:
-        if sub.function == function and any(
-            f.get("exact", {}).get("type") == event["type"] for f in sub.filters
-        ):
+        if sub.function == function and matches(sub.filters, event.get_attributes()):
             return await sub.handler(ctx, event)
     return None  # not ours: acknowledge, do not retry
 
@@ -61,3 +60,4 @@ validate = functions_framework.aio.http(_target("validate"))
 quota = functions_framework.aio.http(_target("quota"))
 route = functions_framework.aio.http(_target("route"))
 retry = functions_framework.aio.http(_target("retry"))
+webhooks = functions_framework.aio.http(_target("webhooks"))

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from remails.webhook_policy import DEFAULT_SCHEDULE, parse_schedule
+
 __all__ = ["ConfigError", "HostPort", "Settings", "load_settings", "parse_host_port"]
 
 MiB = 1024 * 1024
@@ -91,6 +93,14 @@ class Settings(BaseSettings):
     api_rate_per_second: float = Field(default=20.0, gt=0)
     api_rate_burst: int = Field(default=100, ge=1)
 
+    # Webhooks
+    webhooks_allow_private: bool = False
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: parse_schedule(DEFAULT_SCHEDULE)
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+
     # Delivery and retries
     node_name: str | None = None
     retry_first_seconds: float = Field(default=60.0, gt=0)
@@ -134,6 +144,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected CIDR=PROJECT_ID, got {item!r}")
             networks[str(ipaddress.ip_network(cidr.strip(), strict=False))] = project.strip()
         return networks
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        return parse_schedule(value) if isinstance(value, str) else value
 
     @property
     def effective_node_name(self) -> str:

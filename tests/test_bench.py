@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
-        subprocess.run, [str(ROOT / "bench" / args[0]), *args[1:]], capture_output=True, text=True, timeout=400
+        subprocess.run,
+        [str(ROOT / "bench" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from functions.api import credentials, domains, ip_pools, messages, organizations, suppressions
+from functions.api import credentials, domains, ip_pools, messages, organizations, suppressions, webhooks
 from functions.api.errors import BodyLimit, error_response, install_error_handlers
 from remails.context import Context
 from remails.rate_limit import TokenBuckets
@@ -26,7 +26,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.state.ctx = ctx
     app.state.rate_limits = TokenBuckets(ctx.settings.api_rate_per_second, ctx.settings.api_rate_burst)
     install_error_handlers(app)
-    for module in (organizations, domains, credentials, messages, suppressions, ip_pools):
+    for module in (organizations, domains, credentials, messages, suppressions, ip_pools, webhooks):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

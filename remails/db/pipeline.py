@@ -156,8 +156,13 @@ WITH m AS (
     UPDATE recipients SET status = 'suppressed', last_text = 'address is on the suppression list',
            updated_at = now()
      WHERE message_id IN (SELECT id FROM m) AND lower(address) = ANY($4::text[])
+    RETURNING 1
 )
-SELECT id FROM m
+-- The WHERE makes the recipients' update run before the webhooks read them.
+SELECT m.id,
+       CASE WHEN $2::text = 'rejected' THEN enqueue_webhooks(m.id, 'message.rejected') END,
+       CASE WHEN cardinality($4::text[]) > 0 THEN enqueue_webhooks(m.id, 'message.suppressed') END
+  FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
 
 
@@ -194,16 +199,16 @@ WITH m AS (
            reason = CASE WHEN EXISTS (SELECT 1 FROM counted) THEN NULL ELSE 'monthly quota used up' END,
            updated_at = now()
       FROM m WHERE messages.id = m.id
-    RETURNING messages.status::text
+    RETURNING messages.id, messages.status::text
 )
-SELECT status FROM moved
+SELECT status, CASE WHEN status = 'held' THEN enqueue_webhooks(id, 'message.held') END FROM moved
 """
 
 
 async def admit(conn: Executor, message_id: UUID) -> str | None:
     """validated → admitted when quota is left, else → held. None: not in `validated`."""
-    status: str | None = await conn.fetchval(_ADMIT, message_id)
-    return status
+    row = await conn.fetchrow(_ADMIT, message_id)
+    return str(row["status"]) if row else None
 
 
 # -- route ------------------------------------------------------------------------------------
@@ -416,13 +421,15 @@ WITH m AS (
            delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE recipients.delivered_at END
       FROM unnest($5::bigint[], $6::text[]) AS u(id, status)
      WHERE recipients.id = u.id AND recipients.message_id IN (SELECT id FROM m)
+    RETURNING 1
 ), s AS (
     INSERT INTO suppressions (organization_id, address, reason)
     SELECT m.organization_id, lower(x.address), x.reason
       FROM m, unnest($7::text[], $8::text[]) AS x(address, reason)
     ON CONFLICT DO NOTHING
 )
-SELECT id FROM m
+-- The outbox row is written with the outcome; the WHERE runs the recipients' update first.
+SELECT id, enqueue_webhooks(id, 'message.' || $2::text) FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
 
 

@@ -27,7 +27,9 @@ _RETURNING = "RETURNING id, organization_id, project_id, status::text, host(outb
 
 
 def _rows(rows: list[asyncpg.Record]) -> list[Swept]:
-    return [Swept(**r) for r in rows]
+    return [
+        Swept(r["id"], r["organization_id"], r["project_id"], r["status"], r["outbound_ip"]) for r in rows
+    ]
 
 
 # due_deferred: deferred and due → admitted, to be routed again (the IP may have changed).
@@ -55,8 +57,9 @@ WITH m AS (
 ), r AS (
     UPDATE recipients SET status = 'failed', updated_at = now()
      WHERE message_id IN (SELECT id FROM m) AND status IN ('pending', 'deferred')
+    RETURNING 1
 )
-SELECT * FROM m
+SELECT m.*, enqueue_webhooks(m.id, 'message.failed') FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
 
 

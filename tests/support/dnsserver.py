@@ -63,9 +63,16 @@ class LocalDns:
     def __init__(self) -> None:
         self.zone = Zone()
         quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-        self._udp = DNSServer(self.zone, address="127.0.0.1", port=0, logger=quiet)
-        self.port: int = self._udp.server.server_address[1]
-        self._tcp = DNSServer(self.zone, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
+        for _ in range(20):  # the UDP port's TCP twin may be taken by another process: try another
+            self._udp = DNSServer(self.zone, address="127.0.0.1", port=0, logger=quiet)
+            self.port: int = self._udp.server.server_address[1]
+            try:
+                self._tcp = DNSServer(self.zone, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
+                break
+            except OSError:
+                self._udp.server.server_close()
+        else:
+            raise OSError("no free port for both UDP and TCP")
 
     @property
     def servers(self) -> str:

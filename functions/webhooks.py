@@ -1,0 +1,184 @@
+"""webhooks: post outcome events to the endpoints customers registered, signed, retried.
+
+The outbox rows are written by the statement that changes a message's status (SQL function
+`enqueue_webhooks`), so an outcome's webhooks are never lost to a crash. This function sends
+what is due: the message's deliveries when its outcome event arrives, and anything due or
+stuck on every `tick`. At least once, with a stable `webhook-id` for receivers to
+de-duplicate.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import dns.exception
+import httpx
+from cloudevents.http import CloudEvent
+
+from remails.context import Context
+from remails.db import webhooks
+from remails.dns import make_resolver
+from remails.events import EventType, MessageEvent, event_data
+from remails.log import log_event
+from remails.webhook_policy import forbidden_address, next_delay, should_retry
+from remails.webhook_signing import signature_header
+
+__all__ = ["OUTCOME_FILTERS", "TICK_FILTERS", "check_target", "handle_outcome", "handle_tick", "send_due"]
+
+OUTCOME_TYPES = [
+    EventType.MESSAGE_DELIVERED,
+    EventType.MESSAGE_DEFERRED,
+    EventType.MESSAGE_BOUNCED,
+    EventType.MESSAGE_FAILED,
+    EventType.MESSAGE_HELD,
+    EventType.MESSAGE_REJECTED,
+]
+OUTCOME_FILTERS = [{"any": [{"exact": {"type": t.value}} for t in OUTCOME_TYPES]}]
+TICK_FILTERS = [{"exact": {"type": EventType.TICK.value}}]
+
+BATCH = 100
+LEASE_SECONDS = 60.0  # a claimed delivery is not taken again for this long (crash recovery)
+
+logger = logging.getLogger("remails.webhooks")
+
+
+class UnsafeTarget(ValueError):
+    """A URL that would make us call an internal address."""
+
+
+async def check_target(ctx: Context, url: str) -> None:
+    """Refuse http and private, loopback, link-local or metadata addresses unless the setting
+    allows them (development and tests). Names are resolved first: a public name pointing at
+    an internal address is refused too."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeTarget("must be an http(s) URL with a host")
+    if ctx.settings.webhooks_allow_private:
+        return
+    if parts.scheme != "https":
+        raise UnsafeTarget("must use https")
+    host = parts.hostname
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        resolver = make_resolver(ctx.settings)
+        addresses = []
+        for rtype in ("A", "AAAA"):
+            try:
+                answer = await resolver.resolve(host, rtype)
+            except dns.exception.DNSException:
+                continue
+            addresses += [r.address for r in answer]
+        if not addresses:
+            raise UnsafeTarget(f"{host} does not resolve") from None
+    if any(forbidden_address(a) for a in addresses):
+        raise UnsafeTarget(f"{host} points at a private or internal address")
+
+
+def _body(delivery: webhooks.Delivery) -> bytes:
+    return json.dumps(
+        {"id": str(delivery.id), **delivery.payload}, separators=(",", ":"), sort_keys=True
+    ).encode()
+
+
+async def _post(
+    ctx: Context, client: httpx.AsyncClient, delivery: webhooks.Delivery
+) -> tuple[int | None, str | None]:
+    try:
+        await check_target(ctx, delivery.url)
+    except UnsafeTarget as exc:
+        return 400, f"refused target: {exc}"  # 4xx: not retried
+    body = _body(delivery)
+    timestamp = int(time.time())
+    secrets = [
+        ctx.master_key.open(s, context=f"webhook:{delivery.endpoint_id}").decode()
+        for s in delivery.secrets_sealed
+    ]
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "Remails-Webhooks/1",
+        "webhook-id": str(delivery.id),
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(secrets, str(delivery.id), timestamp, body),
+    }
+    try:
+        response = await client.post(delivery.url, content=body, headers=headers)
+    except httpx.TimeoutException:
+        return None, "timeout"
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}"
+    return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+
+
+async def send_due(ctx: Context, message_id: UUID | None) -> int:
+    """Send the due deliveries (of one message, or all); returns how many were tried."""
+    tried = 0
+    timeout = httpx.Timeout(
+        ctx.settings.webhook_timeout_seconds, connect=min(5.0, ctx.settings.webhook_timeout_seconds)
+    )
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        while tried < 5 * BATCH:
+            due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, LEASE_SECONDS)
+            if not due:
+                break
+            for delivery in due:
+                started = time.monotonic()
+                status, error = await _post(ctx, client, delivery)
+                latency = int((time.monotonic() - started) * 1000)
+                delivered = status is not None and 200 <= status < 300
+                delay = (
+                    None
+                    if delivered or not should_retry(status)
+                    else next_delay(ctx.settings.webhook_retry_schedule, delivery.attempts)
+                )
+                enabled, why = await webhooks.finish_delivery(
+                    ctx.pipeline,
+                    delivery.id,
+                    delivered=delivered,
+                    status_code=status,
+                    error=error,
+                    latency_ms=latency,
+                    next_attempt_at=datetime.now(UTC) + delay if delay is not None else None,
+                    disable_after_seconds=ctx.settings.webhook_disable_after_seconds,
+                )
+                log_event(
+                    logger,
+                    "webhook",
+                    webhook_id=delivery.id,
+                    endpoint_id=delivery.endpoint_id,
+                    event_type=delivery.event_type,
+                    status_code=status,
+                    attempt=delivery.attempts,
+                    latency_ms=latency,
+                    delivered=delivered,
+                )
+                if not enabled:
+                    # The organization is told through the endpoint's state in the API.
+                    log_event(
+                        logger,
+                        "webhook endpoint disabled",
+                        logging.WARNING,
+                        endpoint_id=delivery.endpoint_id,
+                        reason=why,
+                    )
+                tried += 1
+            if message_id is not None:
+                break
+    return tried
+
+
+async def handle_outcome(ctx: Context, event: CloudEvent) -> CloudEvent | None:
+    data = event_data(event, MessageEvent)
+    await send_due(ctx, data.message_id)
+    return None
+
+
+async def handle_tick(ctx: Context, event: CloudEvent) -> CloudEvent | None:
+    await send_due(ctx, None)
+    return None
