@@ -19,9 +19,12 @@ FILTERS = [{"exact": {"type": EventType.MESSAGE_VALIDATED.value}}]
 async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
     result = await pipeline.admit(ctx.pipeline, data.message_id)
-    if result == "admitted":
+    if result is None:
+        return None
+    status, queued = result
+    if status == "admitted":
         return make_event(EventType.MESSAGE_ADMITTED, data)
-    if result == "held":
-        outcome = MessageOutcome(**data.model_dump(), status="held", reason="monthly quota used up")
-        return make_event(EventType.MESSAGE_HELD, outcome)
-    return None
+    outcome = MessageOutcome(
+        **data.model_dump(), status="held", reason="monthly quota used up", webhooks=queued
+    )
+    return make_event(EventType.MESSAGE_HELD, outcome)

@@ -80,9 +80,10 @@ async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     reason = ", ".join(f"{n} {s}" for s, n in counts.items()) or None
     next_attempt = retry_at if final == "deferred" else None
-    if not await pipeline.apply_outcome(
+    queued = await pipeline.apply_outcome(
         ctx.pipeline, message.key.id, statuses, suppress, final, reason, next_attempt
-    ):
+    )
+    if queued is None:
         return None  # another decision won: this event was a duplicate
     log_event(
         logger,
@@ -99,6 +100,7 @@ async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None
         project_id=key.project_id,
         status=final,
         reason=reason,
+        webhooks=queued,
     )
     return make_event(_OUTCOME_EVENTS[final], outcome)
 

@@ -92,11 +92,14 @@ async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         message.recipients,
         message.suppressed,
     )
-    if not await pipeline.apply_validation(
+    queued = await pipeline.apply_validation(
         ctx.pipeline, data.message_id, decision.suppressed, decision.reject_reason
-    ):
+    )
+    if queued is None:
         return None
     if decision.reject_reason is not None:
-        outcome = MessageOutcome(**data.model_dump(), status="rejected", reason=decision.reject_reason)
+        outcome = MessageOutcome(
+            **data.model_dump(), status="rejected", reason=decision.reject_reason, webhooks=queued
+        )
         return make_event(EventType.MESSAGE_REJECTED, outcome)
     return make_event(EventType.MESSAGE_VALIDATED, data)

@@ -24,7 +24,7 @@ from cloudevents.http import CloudEvent
 from remails.context import Context
 from remails.db import webhooks
 from remails.dns import make_resolver
-from remails.events import EventType, MessageEvent, event_data
+from remails.events import EventType, MessageOutcome, event_data
 from remails.log import log_event
 from remails.webhook_policy import forbidden_address, next_delay, should_retry
 from remails.webhook_signing import signature_header
@@ -170,12 +170,14 @@ async def send_due(ctx: Context, message_id: UUID | None) -> int:
                 tried += 1
             if message_id is not None:
                 break
+            due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, LEASE_SECONDS)
     return tried
 
 
 async def handle_outcome(ctx: Context, event: CloudEvent) -> CloudEvent | None:
-    data = event_data(event, MessageEvent)
-    await send_due(ctx, data.message_id)
+    data = event_data(event, MessageOutcome)
+    if data.webhooks:  # no endpoint wanted this outcome: nothing to look up
+        await send_due(ctx, data.message_id)
     return None
 
 

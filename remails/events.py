@@ -67,6 +67,7 @@ class DeliveryAttempted(MessageEvent):
 class MessageOutcome(MessageEvent):
     status: str
     reason: str | None = None
+    webhooks: int = 0  # outbox rows written with this outcome; 0 lets the webhooks function skip
 
 
 class Tick(_Data):

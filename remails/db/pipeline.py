@@ -159,19 +159,20 @@ WITH m AS (
     RETURNING 1
 )
 -- The WHERE makes the recipients' update run before the webhooks read them.
-SELECT m.id,
-       CASE WHEN $2::text = 'rejected' THEN enqueue_webhooks(m.id, 'message.rejected') END,
-       CASE WHEN cardinality($4::text[]) > 0 THEN enqueue_webhooks(m.id, 'message.suppressed') END
+SELECT CASE WHEN $2::text = 'rejected' THEN enqueue_webhooks(m.id, 'message.rejected') ELSE 0 END
+     + CASE WHEN cardinality($4::text[]) > 0 THEN enqueue_webhooks(m.id, 'message.suppressed') ELSE 0 END
   FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
 
 
 async def apply_validation(
     conn: Executor, message_id: UUID, suppressed: Sequence[str], reject_reason: str | None
-) -> bool:
+) -> int | None:
+    """None when the message was not `received`; else how many webhooks were queued."""
     status = "validated" if reject_reason is None else "rejected"
     suppressed_lower = [a.lower() for a in suppressed]
-    return await conn.fetchval(_VALIDATED, message_id, status, reject_reason, suppressed_lower) is not None
+    queued: int | None = await conn.fetchval(_VALIDATED, message_id, status, reject_reason, suppressed_lower)
+    return queued
 
 
 # -- quota ------------------------------------------------------------------------------------
@@ -201,14 +202,16 @@ WITH m AS (
       FROM m WHERE messages.id = m.id
     RETURNING messages.id, messages.status::text
 )
-SELECT status, CASE WHEN status = 'held' THEN enqueue_webhooks(id, 'message.held') END FROM moved
+SELECT status, CASE WHEN status = 'held' THEN enqueue_webhooks(id, 'message.held') ELSE 0 END AS webhooks
+  FROM moved
 """
 
 
-async def admit(conn: Executor, message_id: UUID) -> str | None:
-    """validated → admitted when quota is left, else → held. None: not in `validated`."""
+async def admit(conn: Executor, message_id: UUID) -> tuple[str, int] | None:
+    """validated → admitted when quota is left, else → held (with how many webhooks were
+    queued). None: the message was not `validated`."""
     row = await conn.fetchrow(_ADMIT, message_id)
-    return str(row["status"]) if row else None
+    return (str(row["status"]), int(row["webhooks"])) if row else None
 
 
 # -- route ------------------------------------------------------------------------------------
@@ -429,7 +432,7 @@ WITH m AS (
     ON CONFLICT DO NOTHING
 )
 -- The outbox row is written with the outcome; the WHERE runs the recipients' update first.
-SELECT id, enqueue_webhooks(id, 'message.' || $2::text) FROM m WHERE (SELECT count(*) FROM r) >= 0
+SELECT enqueue_webhooks(id, 'message.' || $2::text) FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
 
 
@@ -441,8 +444,9 @@ async def apply_outcome(
     status: str,
     reason: str | None,
     next_attempt: datetime | None,
-) -> bool:
-    moved = await conn.fetchval(
+) -> int | None:
+    """None when the message was not `attempted`; else how many webhooks were queued."""
+    queued: int | None = await conn.fetchval(
         _OUTCOME,
         message_id,
         status,
@@ -453,4 +457,4 @@ async def apply_outcome(
         [address for address, _ in suppress],
         [why for _, why in suppress],
     )
-    return moved is not None
+    return queued
