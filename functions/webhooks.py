@@ -9,6 +9,7 @@ de-duplicate.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -42,8 +43,7 @@ OUTCOME_TYPES = [
 OUTCOME_FILTERS = [{"any": [{"exact": {"type": t.value}} for t in OUTCOME_TYPES]}]
 TICK_FILTERS = [{"exact": {"type": EventType.TICK.value}}]
 
-BATCH = 100
-LEASE_SECONDS = 60.0  # a claimed delivery is not taken again for this long (crash recovery)
+BATCH = 20  # deliveries claimed at once, and posted concurrently
 
 logger = logging.getLogger("remails.webhooks")
 
@@ -81,6 +81,12 @@ async def check_target(ctx: Context, url: str) -> None:
         raise UnsafeTarget(f"{host} points at a private or internal address")
 
 
+def _lease(ctx: Context) -> float:
+    """A claimed delivery is not taken again for this long (its POST runs at most the timeout);
+    after a crash it is sent again once the lease has passed."""
+    return 2 * ctx.settings.webhook_timeout_seconds + 5.0
+
+
 def _body(delivery: webhooks.Delivery) -> bytes:
     return json.dumps(
         {"id": str(delivery.id), **delivery.payload}, separators=(",", ":"), sort_keys=True
@@ -116,61 +122,56 @@ async def _post(
     return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
 
 
-async def send_due(ctx: Context, message_id: UUID | None) -> int:
-    """Send the due deliveries (of one message, or all); returns how many were tried."""
-    tried = 0
-    timeout = httpx.Timeout(
-        ctx.settings.webhook_timeout_seconds, connect=min(5.0, ctx.settings.webhook_timeout_seconds)
+async def _attempt(ctx: Context, client: httpx.AsyncClient, delivery: webhooks.Delivery) -> None:
+    started = time.monotonic()
+    status, error = await _post(ctx, client, delivery)
+    latency = int((time.monotonic() - started) * 1000)
+    delivered = status is not None and 200 <= status < 300
+    delay = None
+    if not delivered and should_retry(status):
+        delay = next_delay(ctx.settings.webhook_retry_schedule, delivery.attempts)
+    enabled, why = await webhooks.finish_delivery(
+        ctx.pipeline,
+        delivery.id,
+        delivered=delivered,
+        status_code=status,
+        error=error,
+        latency_ms=latency,
+        next_attempt_at=datetime.now(UTC) + delay if delay is not None else None,
+        disable_after_seconds=ctx.settings.webhook_disable_after_seconds,
     )
+    log_event(
+        logger,
+        "webhook",
+        webhook_id=delivery.id,
+        endpoint_id=delivery.endpoint_id,
+        event_type=delivery.event_type,
+        status_code=status,
+        attempt=delivery.attempts,
+        latency_ms=latency,
+        delivered=delivered,
+    )
+    if not enabled:  # the organization sees it on the endpoint (enabled false, disabled_reason)
+        log_event(
+            logger, "webhook endpoint disabled", logging.WARNING, endpoint_id=delivery.endpoint_id, reason=why
+        )
+
+
+async def send_due(ctx: Context, message_id: UUID | None, max_batches: int = 25) -> int:
+    """Send the due deliveries (of one message, or all), a batch at a time; how many were tried."""
+    due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, _lease(ctx))
+    if not due:
+        return 0  # the common case on a tick: no client is built (building one costs milliseconds)
+    tried = 0
+    limit = ctx.settings.webhook_timeout_seconds
+    timeout = httpx.Timeout(limit, connect=min(5.0, limit))
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        while tried < 5 * BATCH:
-            due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, LEASE_SECONDS)
+        for _ in range(max_batches):
+            await asyncio.gather(*(_attempt(ctx, client, d) for d in due))
+            tried += len(due)
+            due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, _lease(ctx))
             if not due:
                 break
-            for delivery in due:
-                started = time.monotonic()
-                status, error = await _post(ctx, client, delivery)
-                latency = int((time.monotonic() - started) * 1000)
-                delivered = status is not None and 200 <= status < 300
-                delay = (
-                    None
-                    if delivered or not should_retry(status)
-                    else next_delay(ctx.settings.webhook_retry_schedule, delivery.attempts)
-                )
-                enabled, why = await webhooks.finish_delivery(
-                    ctx.pipeline,
-                    delivery.id,
-                    delivered=delivered,
-                    status_code=status,
-                    error=error,
-                    latency_ms=latency,
-                    next_attempt_at=datetime.now(UTC) + delay if delay is not None else None,
-                    disable_after_seconds=ctx.settings.webhook_disable_after_seconds,
-                )
-                log_event(
-                    logger,
-                    "webhook",
-                    webhook_id=delivery.id,
-                    endpoint_id=delivery.endpoint_id,
-                    event_type=delivery.event_type,
-                    status_code=status,
-                    attempt=delivery.attempts,
-                    latency_ms=latency,
-                    delivered=delivered,
-                )
-                if not enabled:
-                    # The organization is told through the endpoint's state in the API.
-                    log_event(
-                        logger,
-                        "webhook endpoint disabled",
-                        logging.WARNING,
-                        endpoint_id=delivery.endpoint_id,
-                        reason=why,
-                    )
-                tried += 1
-            if message_id is not None:
-                break
-            due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, LEASE_SECONDS)
     return tried
 
 

@@ -46,6 +46,7 @@ def should_retry(status_code: int | None) -> bool:
 
 
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: internal in many clouds
 
 
 def forbidden_address(ip: str) -> bool:
@@ -55,6 +56,7 @@ def forbidden_address(ip: str) -> bool:
         address = address.ipv4_mapped
     return (
         address in _METADATA
+        or address in _SHARED
         or address.is_private
         or address.is_loopback
         or address.is_link_local

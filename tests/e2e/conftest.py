@@ -52,6 +52,11 @@ class World:
         self.runtimes.append(runtime)
         return runtime
 
+    async def crash(self, runtime: Runtime) -> None:
+        """Stop a runtime the hard way: background work cancelled, nothing finished or flushed."""
+        self.runtimes.remove(runtime)
+        await runtime.stop()
+
     async def tenant(self, runtime: Runtime, domain: str, *, quota: int | None = None) -> Tenant:
         assert runtime.db is not None
         tenant = await make_tenant(runtime.db.pool, runtime.settings, domain, quota=quota)
