@@ -22,6 +22,7 @@ import dns.exception
 import httpx
 from cloudevents.http import CloudEvent
 
+from remails.config import Settings
 from remails.context import Context
 from remails.db import webhooks
 from remails.dns import make_resolver
@@ -52,14 +53,14 @@ class UnsafeTarget(ValueError):
     """A URL that would make us call an internal address."""
 
 
-async def check_target(ctx: Context, url: str) -> None:
+async def check_target(settings: Settings, url: str) -> None:
     """Refuse http and private, loopback, link-local or metadata addresses unless the setting
     allows them (development and tests). Names are resolved first: a public name pointing at
     an internal address is refused too."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("must be an http(s) URL with a host")
-    if ctx.settings.webhooks_allow_private:
+    if settings.webhooks_allow_private:
         return
     if parts.scheme != "https":
         raise UnsafeTarget("must use https")
@@ -67,7 +68,7 @@ async def check_target(ctx: Context, url: str) -> None:
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
-        resolver = make_resolver(ctx.settings)
+        resolver = make_resolver(settings)
         addresses = []
         for rtype in ("A", "AAAA"):
             try:
@@ -97,7 +98,7 @@ async def _post(
     ctx: Context, client: httpx.AsyncClient, delivery: webhooks.Delivery
 ) -> tuple[int | None, str | None]:
     try:
-        await check_target(ctx, delivery.url)
+        await check_target(ctx.settings, delivery.url)
     except UnsafeTarget as exc:
         return 400, f"refused target: {exc}"  # 4xx: not retried
     body = _body(delivery)

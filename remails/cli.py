@@ -18,13 +18,16 @@ import uvloop
 
 from remails.config import ConfigError, Settings, load_settings
 from remails.crypto import load_master_key
-from remails.db import Database, connect, credentials, domains, egress, messages, orgs
+from remails.db import Database, connect, credentials, domains, egress, messages, orgs, webhooks
 from remails.db.migrate import migrate
 from remails.dns import make_resolver
 from remails.errors import RemailsError
 from remails.sending_domains import add_sending_domain, domain_view, verify_sending_domain
+from remails.types import WebhookEventType, literal_values
 
 __all__ = ["main"]
+
+WEBHOOK_EVENTS = literal_values(WebhookEventType)
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
 
@@ -184,6 +187,42 @@ async def cmd_message_show(args: argparse.Namespace, settings: Settings) -> dict
     return await _with_db(settings, work)
 
 
+async def cmd_webhook_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from uuid import uuid4
+
+    from functions.webhooks import UnsafeTarget, check_target
+    from remails.webhook_signing import generate_webhook_secret
+
+    events = [e.strip() for e in args.events.split(",") if e.strip()]
+    unknown = sorted(set(events) - set(WEBHOOK_EVENTS))
+    if unknown or not events:
+        raise CliError(f"--events: unknown {unknown}; choose from {', '.join(WEBHOOK_EVENTS)}")
+    try:
+        await check_target(settings, args.url)
+    except UnsafeTarget as exc:
+        raise CliError(f"URL {exc}") from None
+
+    async def work(db: Database) -> dict[str, Any]:
+        if await orgs.get_project(db.pool, args.project_id) is None:
+            raise CliError(f"no project {args.project_id}")
+        master_key = load_master_key(settings.secret_key, settings.data_dir)
+        secret, endpoint_id = generate_webhook_secret(), uuid4()
+        sealed = master_key.seal(secret.encode(), context=f"webhook:{endpoint_id}")
+        endpoint = await webhooks.create_endpoint(
+            db.pool, endpoint_id, args.project_id, args.url, events, sealed
+        )
+        return {**vars(endpoint), "secret": secret}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_webhook_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async def work(db: Database) -> dict[str, Any]:
+        return {"webhooks": [vars(e) for e in await webhooks.list_endpoints(db.pool, args.project_id)]}
+
+    return await _with_db(settings, work)
+
+
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from remails.runtime import run_all_in_one
 
@@ -253,6 +292,14 @@ def _parser() -> argparse.ArgumentParser:
     p = add(pool, "create", cmd_ip_pool_create, "create a pool of outbound IPs")
     p.add_argument("name")
     p.add_argument("--ips", required=True, help="comma list of IPs")
+
+    hook = sub.add_parser("webhook", help="webhook endpoints").add_subparsers(dest="action", required=True)
+    p = add(hook, "create", cmd_webhook_create, "add an endpoint (its signing secret is shown once)")
+    p.add_argument("project_id", type=_uuid)
+    p.add_argument("url")
+    p.add_argument("--events", default=",".join(WEBHOOK_EVENTS), help="comma list of event types")
+    p = add(hook, "list", cmd_webhook_list, "a project's endpoints")
+    p.add_argument("project_id", type=_uuid)
 
     message = sub.add_parser("message", help="messages").add_subparsers(dest="action", required=True)
     p = add(message, "show", cmd_message_show, "a message's status, recipients and attempts")

@@ -15,6 +15,7 @@ __all__ = [
     "OrgId",
     "ProjectId",
     "RecipientStatus",
+    "WebhookEventType",
     "literal_values",
 ]
 
@@ -43,6 +44,17 @@ MessageStatus = Literal[
     "rejected",
 ]
 RecipientStatus = Literal["pending", "suppressed", "delivered", "deferred", "bounced", "failed"]
+
+# What a webhook endpoint can subscribe to.
+WebhookEventType = Literal[
+    "message.delivered",
+    "message.deferred",
+    "message.bounced",
+    "message.failed",
+    "message.held",
+    "message.rejected",
+    "message.suppressed",
+]
 
 FINAL_MESSAGE_STATUSES: frozenset[str] = frozenset({"delivered", "bounced", "failed", "rejected"})
 FINAL_RECIPIENT_STATUSES: frozenset[str] = frozenset({"suppressed", "delivered", "bounced", "failed"})

@@ -123,3 +123,20 @@ async def test_errors_are_one_line(cli: Cli) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("remails: REMAILS_DELIVERY_PORT: ")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+async def test_webhook_create_shows_the_secret_once_and_refuses_private_targets(cli: Cli) -> None:
+    org = await cli.json("org", "create", "Acme")
+    project = await cli.json("project", "create", org["id"], "main")
+    refused = await cli.run("webhook", "create", project["id"], "https://127.0.0.1/hook")
+    assert refused.returncode == 1 and "private or internal" in refused.stderr
+    allowed = await cli.run(
+        "webhook", "create", project["id"], "http://127.0.0.1:9/hook", "--events", "message.bounced", "--json",
+        env={"REMAILS_WEBHOOKS_ALLOW_PRIVATE": "true"},
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    endpoint = json.loads(allowed.stdout)
+    assert endpoint["secret"].startswith("whsec_") and endpoint["events"] == ["message.bounced"]
+    listed = await cli.run("webhook", "list", project["id"], "--json")
+    assert endpoint["secret"] not in listed.stdout
+    assert json.loads(listed.stdout)["webhooks"][0]["id"] == endpoint["id"]

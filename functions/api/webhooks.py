@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Query, Response
@@ -19,19 +19,12 @@ from remails.context import Context
 from remails.db import webhooks
 from remails.errors import InvalidInput, NotFound
 from remails.text import reject_nul
+from remails.types import WebhookEventType
 from remails.webhook_signing import generate_webhook_secret
 
 router = APIRouter(tags=["webhooks"])
 
-WebhookEvent = Literal[
-    "message.delivered",
-    "message.deferred",
-    "message.bounced",
-    "message.failed",
-    "message.held",
-    "message.rejected",
-    "message.suppressed",
-]
+WebhookEvent = WebhookEventType
 ROTATION_GRACE_SECONDS = 24 * 3600
 _background: set[asyncio.Task[int]] = set()
 
@@ -116,7 +109,7 @@ async def _endpoint_of(ctx: Context, caller: Principal, webhook_id: UUID, role: 
 
 async def _safe_url(ctx: Context, url: str) -> None:
     try:
-        await check_target(ctx, url)
+        await check_target(ctx.settings, url)
     except UnsafeTarget as exc:
         raise InvalidInput(str(exc), field="url") from None
 
