@@ -12,6 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# checkov lives in a venv of its own: it pins a fork of python-hcl2 under the same module name.
+CHECKOV := .venv-checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --upgrade pip
+	.venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+
 # Debian tools the tests drive as real peers (swaks) and load generators (postfix's smtp-source).
 debian-tools:
 	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null \
@@ -27,7 +34,7 @@ debian-tools:
 run: $(STAMP)
 	$(BIN)/remails up
 
-test: $(STAMP) debian-tools
+test: $(STAMP) $(CHECKOV) debian-tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -40,4 +47,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .remails .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .remails .pytest_cache .mypy_cache .ruff_cache

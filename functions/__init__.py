@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from functions import quota, retry, route, validate, webhooks
+from functions import cluster, ip_manager, quota, retry, route, validate, webhooks
 from remails.bus.filters import Filter
 from remails.context import Context
 
-__all__ = ["HANDLERS", "FunctionHandler", "Subscription"]
+__all__ = ["ALL_SUBSCRIPTIONS", "CLUSTER_ONLY", "HANDLERS", "FunctionHandler", "Subscription"]
 
 FunctionHandler = Callable[[Context, CloudEvent], Awaitable[CloudEvent | None]]
 
@@ -37,3 +37,12 @@ HANDLERS: list[Subscription] = [
     Subscription("webhooks", webhooks.OUTCOME_FILTERS, webhooks.handle_outcome),
     Subscription("webhooks", webhooks.TICK_FILTERS, webhooks.handle_tick),
 ]
+
+# Functions that only make sense on Kubernetes (the in-process bus needs no Triggers).
+CLUSTER_ONLY: list[Subscription] = [
+    Subscription("ip_manager", ip_manager.FILTERS, ip_manager.handle),
+    Subscription("ticker", cluster.TICKER_FILTERS, cluster.ticker),
+    Subscription("dead_letter", [], cluster.dead_letter),  # the Broker's dead-letter sink: no Trigger
+]
+
+ALL_SUBSCRIPTIONS: list[Subscription] = [*HANDLERS, *CLUSTER_ONLY]

@@ -13,7 +13,7 @@ from cloudevents.http import CloudEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from functions import HANDLERS
+from functions import ALL_SUBSCRIPTIONS
 from remails.bus.filters import matches
 from remails.bus.knative import KnativePublisher
 from remails.config import load_settings
@@ -42,7 +42,7 @@ async def _ctx() -> Context:
 
 async def _dispatch(function: str, event: CloudEvent) -> CloudEvent | None:
     ctx = await _ctx()
-    for sub in HANDLERS:
+    for sub in ALL_SUBSCRIPTIONS:
         if sub.function == function and matches(sub.filters, event.get_attributes()):
             return await sub.handler(ctx, event)
     return None  # not ours: acknowledge, do not retry
@@ -61,3 +61,6 @@ quota = functions_framework.aio.http(_target("quota"))
 route = functions_framework.aio.http(_target("route"))
 retry = functions_framework.aio.http(_target("retry"))
 webhooks = functions_framework.aio.http(_target("webhooks"))
+ip_manager = functions_framework.aio.http(_target("ip_manager"))
+ticker = functions_framework.aio.http(_target("ticker"))
+dead_letter = functions_framework.aio.http(_target("dead_letter"))

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
 
     # Delivery and retries
     node_name: str | None = None
+    node_url: str | None = None
+    outbound_ips_discover: bool = False
+    broker_name: str = "default"
+    namespace: str = "remails"
     retry_first_seconds: float = Field(default=60.0, gt=0)
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     message_lifetime_seconds: float = Field(default=86400.0, gt=0)

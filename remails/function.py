@@ -13,6 +13,7 @@ import logging
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,6 +34,15 @@ async def serve_event(request: Request, handler: Handler) -> Response:
         return Response(status_code=400)
     try:
         reply = await handler(event)
+    except ValidationError as exc:  # the event's data does not fit its type: retrying won't help
+        log_event(
+            logger,
+            "malformed event data",
+            logging.WARNING,
+            event_type=event["type"],
+            errors=exc.error_count(),
+        )
+        return Response(status_code=400)
     except Exception:
         logger.exception("handler crashed", extra={"event_type": event["type"], "event_id": event["id"]})
         return Response(status_code=500)

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import functions
-from functions import HANDLERS
+from functions import ALL_SUBSCRIPTIONS, HANDLERS
 from functions.api import create_app
 from remails.admin_token import ensure_admin_token
 from remails.bus import Handler, Trigger
@@ -174,9 +174,9 @@ async def serve_role(settings: Settings, role: str, name: str | None) -> None:
     if role == "function":
         from functions_framework import create_app as create_function_app
 
-        if name not in {sub.function for sub in HANDLERS}:
+        if name != "send" and name not in {sub.function for sub in ALL_SUBSCRIPTIONS}:
             raise ConfigError(f"unknown function {name!r}")
-        source = str(Path(functions.__file__).with_name("main.py"))
+        source = str(Path(functions.__file__).with_name("send.py" if name == "send" else "main.py"))
         app = create_function_app(target=name, source=source)  # type: ignore[no-untyped-call]
         await _serve_http(app, settings)
         return

@@ -34,6 +34,7 @@ from remails.log import log_event
 from remails.message_headers import normalise_line_endings
 from sender_node.connections import ConnectionCache
 from sender_node.dkim_signer import DkimSigner
+from sender_node.egress_ips import bindable
 from sender_node.mx import DeliveryDnsError, resolve_destination
 from sender_node.smtp_client import Envelope, TlsPolicy, deliver, failed_attempt
 
@@ -47,7 +48,8 @@ class SenderNode:
         self.ctx = ctx
         self.settings = ctx.settings
         self.name = ctx.settings.effective_node_name
-        self.ips = list(ctx.settings.outbound_ips)
+        configured = list(ctx.settings.outbound_ips)
+        self.ips = bindable(configured) if ctx.settings.outbound_ips_discover else configured
         self.resolver = make_resolver(ctx.settings, cache=True)
         self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls)
         self.rng = random.Random()
@@ -71,7 +73,7 @@ class SenderNode:
         ]
 
     async def start(self) -> None:
-        await egress.register_node(self.ctx.pipeline, self.name, self.ips)
+        await egress.register_node(self.ctx.pipeline, self.name, self.ips, self.settings.node_url)
         # Whatever this node was sending before a restart is not being sent now.
         for key in await pipeline.release_node_leases(self.ctx.pipeline, self.name):
             data = MessageEvent(

@@ -131,7 +131,13 @@ async def test_webhook_create_shows_the_secret_once_and_refuses_private_targets(
     refused = await cli.run("webhook", "create", project["id"], "https://127.0.0.1/hook")
     assert refused.returncode == 1 and "private or internal" in refused.stderr
     allowed = await cli.run(
-        "webhook", "create", project["id"], "http://127.0.0.1:9/hook", "--events", "message.bounced", "--json",
+        "webhook",
+        "create",
+        project["id"],
+        "http://127.0.0.1:9/hook",
+        "--events",
+        "message.bounced",
+        "--json",
         env={"REMAILS_WEBHOOKS_ALLOW_PRIVATE": "true"},
     )
     assert allowed.returncode == 0, allowed.stderr

@@ -8,14 +8,18 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import required
+from remails.db.rows import Executor, required
 from remails.errors import Conflict
 
 __all__ = [
+    "EgressRoute",
     "IpPool",
     "create_ip_pool",
+    "get_ip_pool",
     "get_ip_pool_by_name",
     "heartbeat",
+    "list_ip_pools",
+    "live_routes",
     "register_node",
 ]
 
@@ -59,13 +63,14 @@ async def get_ip_pool_by_name(pool: asyncpg.Pool, name: str) -> IpPool | None:
     return IpPool(row["id"], row["name"], list(row["ips"]), row["created_at"]) if row else None
 
 
-async def register_node(pool: asyncpg.Pool, node_name: str, ips: list[str]) -> None:
-    """A sender node announces itself and the IPs it can bind."""
+async def register_node(pool: asyncpg.Pool, node_name: str, ips: list[str], url: str | None = None) -> None:
+    """A sender node announces itself, the IPs it can bind, and where it takes events."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO sender_nodes (name) VALUES ($1)"
-            " ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), started_at = now()",
+            "INSERT INTO sender_nodes (name, url) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), started_at = now(), url = EXCLUDED.url",
             node_name,
+            url,
         )
         await conn.executemany(
             "INSERT INTO outbound_ips (ip, node_name) VALUES ($1::inet, $2)"
@@ -89,3 +94,22 @@ async def list_ip_pools(pool: asyncpg.Pool) -> list[IpPool]:
 
 async def get_ip_pool(pool: asyncpg.Pool, pool_id: UUID) -> IpPool | None:
     return next((p for p in await list_ip_pools(pool) if p.id == pool_id), None)
+
+
+@dataclass(frozen=True)
+class EgressRoute:
+    """An outbound IP and the sender node (with its event URL) holding it."""
+
+    ip: str
+    node_name: str
+    url: str
+
+
+async def live_routes(pool: Executor, fresh_seconds: float) -> list[EgressRoute]:
+    rows = await pool.fetch(
+        "SELECT host(o.ip) AS ip, n.name AS node_name, n.url FROM outbound_ips o"
+        " JOIN sender_nodes n ON n.name = o.node_name"
+        " WHERE n.url IS NOT NULL AND n.heartbeat_at > now() - make_interval(secs => $1) ORDER BY o.ip",
+        fresh_seconds,
+    )
+    return [EgressRoute(**r) for r in rows]

@@ -1,0 +1,149 @@
+# The SMTP edge: a Deployment of at least two replicas spread over nodes, behind a
+# LoadBalancer that passes the client address with PROXY protocol.
+
+resource "kubernetes_deployment_v1" "edge" {
+  #checkov:skip=CKV_K8S_14:the image is the variable var.image; README.md requires pinning it by digest
+  #checkov:skip=CKV_K8S_43:the image is the variable var.image; README.md requires pinning it by digest
+  #checkov:skip=CKV_K8S_35:settings are read from the environment (pydantic-settings); the values come from a Secret, never the manifest
+  metadata {
+    name      = "remails-edge"
+    namespace = kubernetes_namespace_v1.remails.metadata[0].name
+    labels    = merge(local.labels, { "app.kubernetes.io/name" = "remails-edge" })
+  }
+  spec {
+    replicas = var.edge_replicas
+    selector {
+      match_labels = { "app.kubernetes.io/name" = "remails-edge" }
+    }
+    template {
+      metadata {
+        labels = merge(local.labels, { "app.kubernetes.io/name" = "remails-edge" })
+      }
+      spec {
+        automount_service_account_token  = false
+        termination_grace_period_seconds = 120 # sessions in DATA finish before the pod goes
+        affinity {
+          pod_anti_affinity {
+            preferred_during_scheduling_ignored_during_execution {
+              weight = 100
+              pod_affinity_term {
+                topology_key = "kubernetes.io/hostname"
+                label_selector {
+                  match_labels = { "app.kubernetes.io/name" = "remails-edge" }
+                }
+              }
+            }
+          }
+        }
+        container {
+          name              = "edge"
+          image             = var.image
+          image_pull_policy = "Always"
+          args              = ["serve", "edge"]
+          dynamic "env" {
+            for_each = merge(local.common_env, {
+              REMAILS_SMTP_SUBMISSION_LISTEN = "0.0.0.0:2587"
+              REMAILS_SMTP_TLS_LISTEN        = "0.0.0.0:2465"
+              REMAILS_PROXY_PROTOCOL         = "true"
+              REMAILS_TLS_CERT               = "/tls/tls.crt"
+              REMAILS_TLS_KEY                = "/tls/tls.key"
+            })
+            content {
+              name  = env.key
+              value = env.value
+            }
+          }
+          env_from {
+            secret_ref { name = kubernetes_secret_v1.remails.metadata[0].name }
+          }
+          port {
+            name           = "submission"
+            container_port = 2587
+          }
+          port {
+            name           = "smtps"
+            container_port = 2465
+          }
+          readiness_probe {
+            tcp_socket { port = 2587 }
+            period_seconds = 5
+          }
+          liveness_probe {
+            tcp_socket { port = 2587 }
+            period_seconds = 20
+          }
+          resources {
+            requests = { cpu = "250m", memory = "256Mi" }
+            limits   = { cpu = "2", memory = "1Gi" }
+          }
+          security_context {
+            run_as_non_root            = true
+            run_as_user                = 10001
+            read_only_root_filesystem  = true
+            allow_privilege_escalation = false
+            capabilities { drop = ["ALL"] }
+          }
+          volume_mount {
+            name       = "tls"
+            mount_path = "/tls"
+            read_only  = true
+          }
+          volume_mount {
+            name       = "tmp"
+            mount_path = "/tmp"
+          }
+        }
+        volume {
+          name = "tls"
+          secret { secret_name = kubernetes_secret_v1.tls.metadata[0].name }
+        }
+        volume {
+          name = "tmp"
+          empty_dir {}
+        }
+      }
+    }
+  }
+  depends_on = [kubernetes_job_v1.migrate]
+}
+
+resource "kubernetes_pod_disruption_budget_v1" "edge" {
+  metadata {
+    name      = "remails-edge"
+    namespace = kubernetes_namespace_v1.remails.metadata[0].name
+  }
+  spec {
+    min_available = 1
+    selector {
+      match_labels = { "app.kubernetes.io/name" = "remails-edge" }
+    }
+  }
+}
+
+resource "kubernetes_service_v1" "smtp" {
+  metadata {
+    name        = "remails-smtp"
+    namespace   = kubernetes_namespace_v1.remails.metadata[0].name
+    annotations = var.load_balancer_annotations
+  }
+  spec {
+    type                    = "LoadBalancer"
+    external_traffic_policy = "Local"
+    selector                = { "app.kubernetes.io/name" = "remails-edge" }
+    port {
+      name        = "smtp"
+      port        = var.smtp_ports.smtp
+      target_port = 2587
+    }
+    port {
+      name        = "submission"
+      port        = var.smtp_ports.submission
+      target_port = 2587
+    }
+    port {
+      name        = "smtps"
+      port        = var.smtp_ports.smtps
+      target_port = 2465
+    }
+  }
+}
