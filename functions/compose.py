@@ -16,9 +16,9 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from remails.text import reject_nul
+from remails.text import ClientInput
 
 __all__ = ["MAX_RECIPIENTS", "Attachment", "EmailAddress", "SendRequest", "compose"]
 
@@ -49,14 +49,7 @@ def _no_line_breaks(value: str) -> str:
     return value
 
 
-class EmailAddress(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
-
+class EmailAddress(ClientInput):
     email: Annotated[str, Field(max_length=320, examples=["ada@example.com"])]
     name: Annotated[str | None, Field(default=None, max_length=200)] = None
 
@@ -80,14 +73,7 @@ def _address(value: Any) -> Any:
 AddressField = Annotated[EmailAddress, Field(description="an address, or {email, name}")]
 
 
-class Attachment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
-
+class Attachment(ClientInput):
     filename: Annotated[str, Field(min_length=1, max_length=255)]
     content_type: Annotated[str, Field(pattern=r"^[\w.+-]+/[\w.+-]+$", max_length=127)] = (
         "application/octet-stream"
@@ -110,13 +96,8 @@ class Attachment(BaseModel):
         return value
 
 
-class SendRequest(BaseModel):
+class SendRequest(ClientInput):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
 
     from_: Annotated[AddressField, Field(alias="from")]
     to: list[AddressField] = Field(default_factory=list, max_length=MAX_RECIPIENTS)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NO_NUL", "reject_nul"]
+from pydantic import BaseModel, ConfigDict, field_validator
+
+__all__ = ["NO_NUL", "ClientInput", "reject_nul"]
 
 NO_NUL = r"^[^\x00]*$"  # a pattern for query and path parameters
 
@@ -22,3 +24,14 @@ def reject_nul(value: Any) -> Any:
         for v in value:
             reject_nul(v)
     return value
+
+
+class ClientInput(BaseModel):
+    """A request body from a client: unknown fields refused, no NUL in any string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return reject_nul(value)

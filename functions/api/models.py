@@ -6,9 +6,9 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
-from remails.text import reject_nul
+from remails.text import ClientInput
 
 __all__ = [
     "ApiKeyCreate",
@@ -50,13 +50,7 @@ Quota = Annotated[int, Field(ge=0, le=1_000_000_000)]
 Retention = Annotated[int, Field(ge=1, le=3650)]
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
+_In = ClientInput
 
 
 class OrganizationCreate(_In):

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from functions.api.auth import Caller, Ctx, Principal
 from functions.api.organizations import project_of
@@ -18,7 +18,7 @@ from functions.webhooks import UnsafeTarget, check_target, send_due
 from remails.context import Context
 from remails.db import webhooks
 from remails.errors import InvalidInput, NotFound
-from remails.text import reject_nul
+from remails.text import ClientInput
 from remails.types import WebhookEventType
 from remails.webhook_signing import generate_webhook_secret
 
@@ -29,27 +29,15 @@ ROTATION_GRACE_SECONDS = 24 * 3600
 _background: set[asyncio.Task[int]] = set()
 
 
-class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WebhookCreate(ClientInput):
     url: Annotated[str, Field(min_length=8, max_length=2000)]
     events: Annotated[list[WebhookEvent], Field(min_length=1, max_length=7)]
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
 
-
-class WebhookUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WebhookUpdate(ClientInput):
     url: Annotated[str | None, Field(min_length=8, max_length=2000)] = None
     events: Annotated[list[WebhookEvent] | None, Field(min_length=1, max_length=7)] = None
     enabled: bool | None = None
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return reject_nul(value)
 
 
 class WebhookOut(BaseModel):

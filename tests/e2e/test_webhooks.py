@@ -13,20 +13,13 @@ from standardwebhooks.webhooks import Webhook
 
 from remails.db import credentials
 from remails.runtime import Runtime
+from remails.types import WebhookEventType, literal_values
 from tests.e2e.conftest import World
 from tests.factories import Tenant
 from tests.support.receiver import Receiver
 from tests.support.wait import wait_until
 
-ALL = [
-    "message.delivered",
-    "message.deferred",
-    "message.bounced",
-    "message.failed",
-    "message.held",
-    "message.rejected",
-    "message.suppressed",
-]
+ALL = list(literal_values(WebhookEventType))
 
 
 @pytest.fixture
