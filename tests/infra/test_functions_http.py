@@ -161,3 +161,40 @@ async def test_the_sweep_publishes_to_k_sink(pool: Pool, settings: Settings, dsn
         await sink.stop()
     assert sink.calls[0].headers["ce-type"] == "message.received"
     assert sink.calls[0].headers["ce-msgid"] == str(message_id)
+
+
+TARGETS = {
+    "validate": "message.received",
+    "quota": "message.validated",
+    "route": "message.admitted",
+    "retry": "delivery.attempted",
+    "webhooks": "message.delivered",
+}
+
+
+async def test_every_message_function_acks_an_unknown_message_and_refuses_a_non_event(
+    settings: Settings, dsn: str
+) -> None:
+    env = {
+        "REMAILS_DATABASE_URL": dsn,
+        "REMAILS_BUS": "knative",
+        "K_SINK": "http://127.0.0.1:9/",
+        "REMAILS_DATA_DIR": str(settings.data_dir),
+    }
+    for target, event_type in TARGETS.items():
+        data = {
+            "message_id": str(uuid4()),
+            "organization_id": str(uuid4()),
+            "project_id": str(uuid4()),
+            "status": "delivered",
+            "webhooks": 1,
+        }
+        event = CloudEvent(
+            {"type": event_type, "source": "/test", "datacontenttype": "application/json"}, data
+        )
+        async with serve(target, env) as url:
+            ack = await _post(url, event)
+            assert (ack.status_code, ack.content) == (202, b""), target
+            assert (
+                await _post(url, lambda: ({"content-type": "text/plain"}, b"hello"))
+            ).status_code == 400, target
