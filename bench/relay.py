@@ -21,6 +21,7 @@ from bench.harness import (
     Remails,
     Sink,
     SmtpSink,
+    children,
     ensure_debian_tools,
     free_port,
     latencies_ms,
@@ -77,7 +78,9 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sink_ip = "127.0.0.20"
     sink = _sink(args, sink_ip, workdir)
     dns = local_dns(sink_ip)
-    remails = Remails(workdir, dns, sink.port, extra_env=_retry_env(args))
+    remails = Remails(
+        workdir, dns, sink.port, extra_env={**_retry_env(args), "REMAILS_WORKERS": str(args.workers)}
+    )
     try:
         remails.start(remails.setup_tenant())
         cpu_before = remails.cpu_seconds()
@@ -87,7 +90,7 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = remails.cpu_seconds() - cpu_before
         assert remails.process is not None
-        rss = peak_rss_mb(remails.process.pid)
+        rss = sum(peak_rss_mb(p) for p in [remails.process.pid, *children(remails.process.pid)])
         deadline = time.monotonic() + 30
         lat = latencies_ms(remails.dsn)
         while len(lat) < min(args.messages, sink.count()) and time.monotonic() < deadline:
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--bound", type=float, default=600.0, help="give up on a phase after this many seconds"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="REMAILS_WORKERS for remails up (one per core)"
     )
     parser.add_argument("--only", choices=["remails", "postfix"], default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")

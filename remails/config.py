@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     bus: Literal["inprocess", "knative"] = "inprocess"
     tick_seconds: float = Field(default=10.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64)
+    worker_index: int | None = Field(default=None, ge=0)  # set by `remails up` in its workers
 
     # SMTP edge
     smtp_max_message_size: int = Field(default=25 * MiB, ge=1024)

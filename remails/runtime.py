@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -63,6 +65,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.db = await connect(self.settings, max_size=10)
+        serve_api = self.settings.worker_index in (None, 0)
         pipeline_pool = await self.db.open_pipeline_pool(max_size=20)
         master_key = load_master_key(self.settings.secret_key, self.settings.data_dir)
         ctx = Context(self.settings, self.db.pool, self.bus, master_key, pipeline_pool)
@@ -78,9 +81,10 @@ class Runtime:
         self.edge = EdgeServer(ctx)
         await self.edge.start()
         self.new_admin_token = await ensure_admin_token(ctx.pool, self.settings.data_dir)
-        host, port = self.settings.http_listen
-        self.api = HttpServer(create_app(ctx), host, port)
-        await self.api.start()
+        if serve_api:  # with several workers, the first serves the API
+            host, port = self.settings.http_listen
+            self.api = HttpServer(create_app(ctx), host, port)
+            await self.api.start()
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def tick(self) -> None:
@@ -141,23 +145,77 @@ def _welcome(settings: Settings, runtime: Runtime) -> str:
     )
 
 
-async def run_all_in_one(settings: Settings) -> None:
-    configure_logging()
-    runtime = Runtime(settings)
-    await runtime.start()
-    print(_welcome(settings, runtime), file=sys.stderr, flush=True)
-    if runtime.new_admin_token:
+def _show_token(settings: Settings, token: str | None) -> None:
+    if token:
         print(
-            f"operator API token (shown once; also in {settings.data_dir / 'admin-token'}):\n"
-            f"  {runtime.new_admin_token}",
+            f"operator API token (shown once; also in {settings.data_dir / 'admin-token'}):\n  {token}",
             file=sys.stderr,
             flush=True,
         )
+
+
+async def run_all_in_one(settings: Settings) -> None:
+    configure_logging()
+    if settings.workers > 1 and settings.worker_index is None:
+        await _supervise(settings)
+        return
+    runtime = Runtime(settings)
+    await runtime.start()
+    if settings.worker_index in (None, 0):
+        print(_welcome(settings, runtime), file=sys.stderr, flush=True)
+        _show_token(settings, runtime.new_admin_token)
     try:
         await _stop_event().wait()
     finally:
         log_event(logger, "stopping")
         await runtime.stop()
+
+
+def _die_with_parent() -> None:
+    """In a worker: get SIGTERM when the supervisor dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def _supervise(settings: Settings) -> None:
+    """`remails up` with REMAILS_WORKERS=N: this process owns the database (embedded when no
+    URL is set), runs the migrations, and keeps N worker processes running. Each worker is a
+    whole runtime on the shared database — SMTP listeners shared with SO_REUSEPORT, its own
+    in-process bus, its own sender node name — so one message stays in one worker from accept
+    to delivery, and the sweep covers any worker that dies. Worker 0 also serves the API."""
+    db = await connect(settings, max_size=2)
+    _show_token(settings, await ensure_admin_token(db.pool, settings.data_dir))
+    node = settings.effective_node_name
+    stop = _stop_event()
+
+    async def worker(index: int) -> None:
+        env = {
+            **os.environ,
+            "REMAILS_DATABASE_URL": db.dsn,
+            "REMAILS_WORKER_INDEX": str(index),
+            "REMAILS_NODE_NAME": f"{node}-{index}",
+        }
+        while not stop.is_set():
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "remails.cli", "up", env=env, preexec_fn=_die_with_parent
+            )
+            waiter = asyncio.create_task(process.wait())
+            await asyncio.wait(
+                [waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            if not waiter.done():
+                process.send_signal(signal.SIGTERM)
+                await waiter
+                return
+            log_event(
+                logger, "worker exited, restarting", logging.ERROR, worker=index, code=process.returncode
+            )
+            await asyncio.sleep(1.0)  # do not spin on a worker that cannot start
+
+    try:
+        await asyncio.gather(*(worker(i) for i in range(settings.workers)))
+    finally:
+        await db.close()
 
 
 async def _serve_http(app: Any, settings: Settings) -> None:

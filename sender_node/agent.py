@@ -95,7 +95,8 @@ class SenderNode:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             await self.connections.close_idle()
             try:
-                await egress.heartbeat(self.ctx.pipeline, self.name)
+                stale = self.settings.heartbeat_seconds * 3
+                await egress.heartbeat(self.ctx.pipeline, self.name, self.ips, stale)
             except Exception as exc:  # a missed beat only delays routing to us
                 log_event(logger, "heartbeat failed", logging.WARNING, error=type(exc).__name__)
 

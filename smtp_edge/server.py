@@ -99,10 +99,15 @@ class EdgeServer:
         tls_context = server_context(settings)
         loop = asyncio.get_running_loop()
         host, port = settings.smtp_submission_listen
-        submission = await loop.create_server(lambda: self._factory(tls_context, False), host, port)
+        # Several worker processes of `remails up` share the listeners (the kernel spreads the
+        # connections over them).
+        shared = settings.workers > 1
+        submission = await loop.create_server(
+            lambda: self._factory(tls_context, False), host, port, reuse_port=shared
+        )
         host, port = settings.smtp_tls_listen
         implicit = await loop.create_server(
-            lambda: self._factory(tls_context, True), host, port, ssl=tls_context
+            lambda: self._factory(tls_context, True), host, port, ssl=tls_context, reuse_port=shared
         )
         self._servers = [submission, implicit]
         self._addresses = [self._bound(submission), self._bound(implicit)]

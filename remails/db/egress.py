@@ -79,8 +79,18 @@ async def register_node(pool: asyncpg.Pool, node_name: str, ips: list[str], url:
         )
 
 
-async def heartbeat(pool: asyncpg.Pool, node_name: str) -> None:
-    await pool.execute("UPDATE sender_nodes SET heartbeat_at = now() WHERE name = $1", node_name)
+async def heartbeat(pool: Executor, node_name: str, ips: list[str], stale_seconds: float) -> None:
+    """The node is alive; it also takes over its IPs from a holder that stopped beating (a node
+    that died, or another worker of the same host)."""
+    await pool.execute(
+        "WITH beat AS (UPDATE sender_nodes SET heartbeat_at = now() WHERE name = $1)"
+        " UPDATE outbound_ips o SET node_name = $1 WHERE o.ip = ANY($2::inet[])"
+        " AND o.node_name IS DISTINCT FROM $1 AND NOT EXISTS (SELECT 1 FROM sender_nodes n"
+        " WHERE n.name = o.node_name AND n.heartbeat_at > now() - make_interval(secs => $3))",
+        node_name,
+        ips,
+        stale_seconds,
+    )
 
 
 async def list_ip_pools(pool: asyncpg.Pool) -> list[IpPool]:
