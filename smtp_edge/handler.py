@@ -38,6 +38,7 @@ __all__ = ["EdgeHandler"]
 logger = logging.getLogger("remails.edge")
 
 _TEMPORARY = TemporaryFailure().smtp_reply()
+FACTS_SECONDS = 1.0
 
 
 def client_ip(session: Session) -> str:
@@ -53,6 +54,7 @@ class EdgeHandler:
         self.settings = ctx.settings
         self.throttle = throttle
         self.storing = 0  # DATA hooks in progress, for a graceful shutdown
+        self._facts: dict[UUID, tuple[float, orgs.SenderFacts]] = {}
 
     # -- connection -----------------------------------------------------------------------
 
@@ -158,6 +160,22 @@ class EdgeHandler:
         session.auth_data = identity  # type: ignore[assignment]  # aiosmtpd types it as None
         return identity
 
+    async def _sender_facts(self, project_id: UUID) -> orgs.SenderFacts | None:
+        """A project's facts, kept for FACTS_SECONDS: the edge's check is an early courtesy
+        refusal; the quota function counts atomically whatever gets through."""
+        now = time.monotonic()
+        cached = self._facts.get(project_id)
+        if cached is not None and now - cached[0] < FACTS_SECONDS:
+            return cached[1]
+        facts = await orgs.sender_facts(self.ctx.pool, project_id)
+        if facts is None:
+            self._facts.pop(project_id, None)
+            return None
+        if len(self._facts) > 10_000:
+            self._facts.clear()
+        self._facts[project_id] = (now, facts)
+        return facts
+
     async def handle_MAIL(
         self,
         server: EdgeSMTP,
@@ -169,7 +187,7 @@ class EdgeHandler:
         identity = await self._identity(session)
         if identity is None:
             return AuthRequired().smtp_reply()
-        facts = await orgs.sender_facts(self.ctx.pool, identity.project_id)
+        facts = await self._sender_facts(identity.project_id)
         if facts is None:  # the project was deleted during the session
             return AuthRequired().smtp_reply()
         refusal = check_sender(facts, address)
