@@ -36,11 +36,12 @@ class World:
 
     async def sink(self, domain: str, ip: str, *, preference: int = 10, tls: bool = True) -> Sink:
         """A recording MX for `domain` at `ip`, published in DNS."""
-        sink = Sink(ip, self.sink_port, sink_server_tls(self.ca, f"mx-{ip}.test") if tls else None)
+        host = f"mx-{ip.replace(':', 'x')}.test"
+        sink = Sink(ip, self.sink_port, sink_server_tls(self.ca, host) if tls else None)
         await sink.start()
         self.sinks.append(sink)
-        self.dns.zone.mx(domain, f"mx-{ip}.test", preference)
-        self.dns.zone.a(f"mx-{ip}.test", ip)
+        self.dns.zone.mx(domain, host, preference)
+        self.dns.zone.a(host, ip)
         return sink
 
     def settings(self, **overrides: Any) -> Settings:

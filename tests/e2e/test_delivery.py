@@ -187,3 +187,15 @@ async def test_sent_by_http_is_delivered_end_to_end(world: World) -> None:
     [received] = sink.received
     assert dkim.verify(received.data, dnsfunc=_dns_txt(world))
     assert (world.settings().data_dir / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+async def test_an_ipv6_egress_source_delivers_to_the_mx_aaaa_address(world: World) -> None:
+    sink = await world.sink("dest6.test", "::1")
+    runtime = await world.runtime(outbound_ips="::1")
+    tenant = await world.tenant(runtime, "example.test")
+    assert runtime.db is not None
+    message_id = await world.submit(runtime, tenant, ["user@dest6.test"])
+    await wait_until(lambda: _is(runtime.db.pool, message_id, "delivered"))  # type: ignore[union-attr]
+    assert [r.peer_ip for r in sink.received] == ["::1"]
+    attempt = await runtime.db.pool.fetchrow("SELECT host(source_ip) AS ip, mx_host FROM attempts")
+    assert tuple(attempt) == ("::1", "mx-xx1.test")
