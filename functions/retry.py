@@ -146,6 +146,7 @@ async def handle_tick(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         follow_up = _event_for(item)
         if follow_up is not None:
             await ctx.publisher.publish(follow_up)
-    if swept:
-        log_event(logger, "sweep", moved=len(swept))
+    purged = await sweep.purge_bodies(ctx.pipeline, SWEEP_LIMIT)
+    if swept or purged:
+        log_event(logger, "sweep", moved=len(swept), bodies_purged=purged)
     return None

@@ -185,7 +185,7 @@ WITH m AS (
                          ELSE 'admitted'::message_status END,
            reason = 'retry requested', next_attempt_at = NULL, finished_at = NULL,
            expires_at = now() + make_interval(secs => $3), updated_at = now()
-     WHERE id = $1 AND organization_id = $2
+     WHERE id = $1 AND organization_id = $2 AND octet_length(raw) > 0  -- not purged by retention
        AND status IN ('deferred', 'bounced', 'failed', 'held')
     RETURNING id, organization_id, project_id, status::text
 ), r AS (

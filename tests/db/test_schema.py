@@ -107,3 +107,27 @@ async def test_a_duplicate_transition_does_not_move_a_message_twice(pool: Pool, 
     assert await advance(pool, message_id, ["received"], "validated")
     assert not await advance(pool, message_id, ["received"], "validated")
     assert await pool.fetchval("SELECT status FROM messages WHERE id = $1", message_id) == "validated"
+
+
+async def test_bodies_past_the_projects_retention_are_purged(pool: Pool, settings: Settings) -> None:
+    from remails.db.sweep import purge_bodies
+
+    tenant = await make_tenant(pool, settings)
+    old = await store_message(pool, tenant, ["a@dest.test"])
+    recent = await store_message(pool, tenant, ["b@dest.test"])
+    waiting = await store_message(pool, tenant, ["c@dest.test"])
+    await pool.execute("UPDATE projects SET retention_days = 30 WHERE id = $1", tenant.project_id)
+    await pool.execute(
+        "UPDATE messages SET status = 'delivered', finished_at = now() - interval '40 days' WHERE id = $1",
+        old,
+    )
+    await pool.execute(
+        "UPDATE messages SET status = 'delivered', finished_at = now() - interval '10 days' WHERE id = $1",
+        recent,
+    )
+    await pool.execute("UPDATE messages SET created_at = now() - interval '40 days' WHERE id = $1", waiting)
+    assert await purge_bodies(pool, 100) == 1
+    sizes = dict(await pool.fetch("SELECT id, octet_length(raw) FROM messages"))
+    assert sizes[old] == 0 and sizes[recent] > 0 and sizes[waiting] > 0
+    assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", old) == "delivered"
+    assert await purge_bodies(pool, 100) == 0
