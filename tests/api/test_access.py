@@ -192,3 +192,27 @@ async def test_management_flow_creates_answer_201_with_ids(api: Api) -> None:
     assert deleted.status_code == 204
     stats = await api.call("GET", f"/v1/organizations/{org}/statistics", api.acme_reader)
     assert stats.status_code == 200 and stats.json()["rows"] == []
+
+
+async def test_retry_sends_a_bounced_message_again_but_not_a_delivered_one(api: Api) -> None:
+    from tests.factories import store_message
+
+    bounced = await store_message(api.pool, api.acme, ["x@dest.test", "gone@dest.test"])
+    await api.pool.execute(
+        "UPDATE messages SET status = 'bounced', finished_at = now() WHERE id = $1", bounced
+    )
+    await api.pool.execute("UPDATE recipients SET status = 'bounced' WHERE message_id = $1", bounced)
+    await api.pool.execute(
+        "INSERT INTO suppressions (organization_id, address, reason) VALUES ($1, 'gone@dest.test', 'hard bounce')",
+        api.acme.org_id,
+    )
+    response = await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_maintainer)
+    assert response.status_code == 202 and response.json()["status"] == "admitted"
+    statuses = dict(
+        await api.pool.fetch("SELECT address, status::text FROM recipients WHERE message_id = $1", bounced)
+    )
+    assert statuses == {"x@dest.test": "pending", "gone@dest.test": "bounced"}  # suppression still wins
+    assert [e["msgid"] for e in api.publisher.of_type("message.admitted")] == [str(bounced)]
+    again = await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_maintainer)
+    assert again.status_code == 409
+    assert (await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_reader)).status_code == 403
