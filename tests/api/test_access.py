@@ -203,7 +203,8 @@ async def test_retry_sends_a_bounced_message_again_but_not_a_delivered_one(api: 
     )
     await api.pool.execute("UPDATE recipients SET status = 'bounced' WHERE message_id = $1", bounced)
     await api.pool.execute(
-        "INSERT INTO suppressions (organization_id, address, reason) VALUES ($1, 'gone@dest.test', 'hard bounce')",
+        "INSERT INTO suppressions (organization_id, address, reason)"
+        " VALUES ($1, 'gone@dest.test', 'hard bounce')",
         api.acme.org_id,
     )
     response = await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_maintainer)
