@@ -71,16 +71,20 @@ class World:
 
     async def submit(
         self,
-        runtime: Runtime,
+        runtime: Runtime | int,
         tenant: Tenant,
         rcpts: list[str],
         *,
         subject: str = "code",
         sender: str | None = None,
     ) -> str:
-        """Submit over SMTP with STARTTLS and AUTH; returns the queued message id."""
-        assert runtime.edge is not None
-        host, port = runtime.edge.submission_address
+        """Submit over SMTP with STARTTLS and AUTH to a runtime (or a port on 127.0.0.1, for
+        `remails up` in a subprocess); returns the queued message id."""
+        if isinstance(runtime, int):
+            host, port = "127.0.0.1", runtime
+        else:
+            assert runtime.edge is not None
+            host, port = runtime.edge.submission_address
         context = ssl.create_default_context()
         self.ca.configure_trust(context)
         client = aiosmtplib.SMTP(

@@ -7,13 +7,11 @@ import asyncio
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
 from typing import IO
 
-import aiosmtplib
 import asyncpg
 
 from tests.e2e.conftest import World, message_status
@@ -65,22 +63,7 @@ async def test_killed_mid_delivery_then_restarted_delivers_exactly_once(world: W
         await runtime_view.stop()  # a second process only to create the tenant; it sends nothing
         world.runtimes.remove(runtime_view)
 
-        context = ssl.create_default_context()
-        world.ca.configure_trust(context)
-        client = aiosmtplib.SMTP(
-            hostname="127.0.0.1",
-            port=submission,
-            local_hostname="app.test",
-            tls_context=context,
-            start_tls=True,
-            timeout=10,
-        )
-        await client.connect()
-        await client.login(tenant.username, tenant.password)
-        message = b"From: app@example.test\r\nTo: user@dest.test\r\nSubject: once\r\n\r\nbody\r\n"
-        _, reply = await client.sendmail("app@example.test", ["user@dest.test"], message)
-        await client.quit()
-        message_id = reply.rsplit(" ", 1)[1]
+        message_id = await world.submit(submission, tenant, ["user@dest.test"], subject="once")
 
         await asyncio.wait_for(sink.handler.data_started.wait(), 30)
         process.send_signal(signal.SIGKILL)

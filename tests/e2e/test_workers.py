@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import ssl
 import sys
 from pathlib import Path
 
-import aiosmtplib
 import asyncpg
 import httpx
 
@@ -57,22 +55,8 @@ async def test_two_workers_share_the_port_and_deliver_everything(world: World, t
                 return False
 
         await wait_until(api_up, bound=60)
-        context = ssl.create_default_context()
-        world.ca.configure_trust(context)
         for i in range(12):
-            client = aiosmtplib.SMTP(
-                hostname="127.0.0.1",
-                port=submission,
-                local_hostname="app.test",
-                tls_context=context,
-                start_tls=True,
-                timeout=10,
-            )
-            await client.connect()
-            await client.login(tenant.username, tenant.password)
-            message = f"From: app@example.test\r\nTo: u{i}@dest.test\r\nSubject: {i}\r\n\r\nbody\r\n".encode()
-            await client.sendmail("app@example.test", [f"u{i}@dest.test"], message)
-            await client.quit()
+            await world.submit(submission, tenant, [f"u{i}@dest.test"], subject=str(i))
         await wait_until(lambda: len(sink.received) == 12, bound=30)
         conn = await asyncpg.connect(str(settings.database_url))
         try:
