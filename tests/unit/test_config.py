@@ -62,3 +62,11 @@ def test_host_port_forms() -> None:
     assert parse_host_port("127.0.0.1", 53) == ("127.0.0.1", 53)
     with pytest.raises(ValueError, match="bad port"):
         parse_host_port("h:99999")
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from remails.config import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`REMAILS_{name.upper()}`" not in readme]
+    assert missing == []
