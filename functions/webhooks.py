@@ -31,7 +31,15 @@ from remails.log import log_event
 from remails.webhook_policy import forbidden_address, next_delay, should_retry
 from remails.webhook_signing import signature_header
 
-__all__ = ["OUTCOME_FILTERS", "TICK_FILTERS", "check_target", "handle_outcome", "handle_tick", "send_due"]
+__all__ = [
+    "OUTCOME_FILTERS",
+    "TICK_FILTERS",
+    "check_target",
+    "handle_outcome",
+    "handle_tick",
+    "pinned",
+    "send_due",
+]
 
 OUTCOME_TYPES = [
     EventType.MESSAGE_DELIVERED,
@@ -53,15 +61,16 @@ class UnsafeTarget(ValueError):
     """A URL that would make us call an internal address."""
 
 
-async def check_target(settings: Settings, url: str) -> None:
+async def check_target(settings: Settings, url: str) -> str | None:
     """Refuse http and private, loopback, link-local or metadata addresses unless the setting
     allows them (development and tests). Names are resolved first: a public name pointing at
-    an internal address is refused too."""
+    an internal address is refused too. Returns the checked address to connect to (None when
+    private targets are allowed and nothing was checked)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("must be an http(s) URL with a host")
     if settings.webhooks_allow_private:
-        return
+        return None
     if parts.scheme != "https":
         raise UnsafeTarget("must use https")
     host = parts.hostname
@@ -80,6 +89,21 @@ async def check_target(settings: Settings, url: str) -> None:
             raise UnsafeTarget(f"{host} does not resolve") from None
     if any(forbidden_address(a) for a in addresses):
         raise UnsafeTarget(f"{host} points at a private or internal address")
+    return addresses[0]
+
+
+def pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(URL, extra headers, httpx extensions) to POST `url` to the checked `address` while TLS
+    still verifies the certificate against the host name (SNI). Connecting to the address that
+    was checked, rather than resolving again, closes the DNS-rebinding window."""
+    parts = urlsplit(url)
+    if address is None or parts.hostname is None:
+        return url, {}, {}
+    host = parts.hostname
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal + (f":{parts.port}" if parts.port else "")
+    host_header = host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl(), {"host": host_header}, {"sni_hostname": host}
 
 
 def _lease(ctx: Context) -> float:
@@ -98,9 +122,10 @@ async def _post(
     ctx: Context, client: httpx.AsyncClient, delivery: webhooks.Delivery
 ) -> tuple[int | None, str | None]:
     try:
-        await check_target(ctx.settings, delivery.url)
+        address = await check_target(ctx.settings, delivery.url)
     except UnsafeTarget as exc:
         return 400, f"refused target: {exc}"  # 4xx: not retried
+    url, pin_headers, extensions = pinned(delivery.url, address)
     body = _body(delivery)
     timestamp = int(time.time())
     secrets = [
@@ -113,9 +138,10 @@ async def _post(
         "webhook-id": str(delivery.id),
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(secrets, str(delivery.id), timestamp, body),
+        **pin_headers,
     }
     try:
-        response = await client.post(delivery.url, content=body, headers=headers)
+        response = await client.post(url, content=body, headers=headers, extensions=extensions)
     except httpx.TimeoutException:
         return None, "timeout"
     except httpx.HTTPError as exc:
