@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from functions.api.auth import Caller, Ctx, Principal
-from functions.api.organizations import project_of
+from functions.api.organizations import organization_of, project_of
 from functions.webhooks import UnsafeTarget, check_target, send_due
 from remails.context import Context
 from remails.db import webhooks
@@ -75,6 +75,14 @@ class DeliveryOut(BaseModel):
 
 class TestSent(BaseModel):
     delivery_id: UUID
+
+
+class NotificationOut(BaseModel):
+    id: UUID
+    kind: str
+    message: str
+    subject_id: UUID | None
+    created_at: datetime
 
 
 def _out(endpoint: webhooks.Endpoint) -> dict[str, Any]:
@@ -195,3 +203,14 @@ async def send_test(webhook_id: UUID, ctx: Ctx, caller: Caller) -> TestSent:
     delivery_id = await webhooks.enqueue_test(ctx.pool, webhook_id, payload)
     _send_soon(ctx)
     return TestSent(delivery_id=delivery_id)
+
+
+@router.get(
+    "/v1/organizations/{org_id}/notifications", response_model=list[NotificationOut], tags=["organizations"]
+)
+async def list_notifications(
+    org_id: UUID, ctx: Ctx, caller: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> list[NotificationOut]:
+    """What the organization must know about, newest first (for instance a disabled webhook)."""
+    await organization_of(ctx, caller, org_id)
+    return [NotificationOut(**n) for n in await webhooks.list_notifications(ctx.pool, org_id, limit)]

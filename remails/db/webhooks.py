@@ -22,6 +22,7 @@ __all__ = [
     "get_endpoint",
     "list_deliveries",
     "list_endpoints",
+    "list_notifications",
     "resend",
     "rotate_secret",
     "update_endpoint",
@@ -171,16 +172,27 @@ WITH d AS (
            last_latency_ms = $5, finished_at = CASE WHEN $2 OR $6::timestamptz IS NULL THEN now() END
      WHERE id = $1
     RETURNING endpoint_id
+), before AS (
+    SELECT e.id, e.enabled FROM webhook_endpoints e JOIN d ON e.id = d.endpoint_id
+), e AS (
+    UPDATE webhook_endpoints e
+       SET failing_since = CASE WHEN $2 THEN NULL ELSE COALESCE(e.failing_since, now()) END,
+           enabled = CASE WHEN NOT $2 AND e.failing_since < now() - make_interval(secs => $7) THEN false
+                          ELSE e.enabled END,
+           disabled_reason = CASE WHEN NOT $2 AND e.failing_since < now() - make_interval(secs => $7)
+                                  THEN 'failing continuously since ' || e.failing_since::text
+                                  ELSE e.disabled_reason END
+      FROM d WHERE e.id = d.endpoint_id
+    RETURNING e.id, e.enabled, e.disabled_reason, e.url, e.project_id
+), n AS (
+    -- The organization is told once, when the endpoint is switched off.
+    INSERT INTO notifications (organization_id, kind, message, subject_id)
+    SELECT p.organization_id, 'webhook_endpoint_disabled',
+           'Webhook endpoint ' || e.url || ' was disabled: ' || e.disabled_reason, e.id
+      FROM e JOIN before b ON b.id = e.id JOIN projects p ON p.id = e.project_id
+     WHERE b.enabled AND NOT e.enabled
 )
-UPDATE webhook_endpoints e
-   SET failing_since = CASE WHEN $2 THEN NULL ELSE COALESCE(e.failing_since, now()) END,
-       enabled = CASE WHEN NOT $2 AND e.failing_since < now() - make_interval(secs => $7) THEN false
-                      ELSE e.enabled END,
-       disabled_reason = CASE WHEN NOT $2 AND e.failing_since < now() - make_interval(secs => $7)
-                              THEN 'failing continuously since ' || e.failing_since::text
-                              ELSE e.disabled_reason END
-  FROM d WHERE e.id = d.endpoint_id
-RETURNING e.enabled, e.disabled_reason
+SELECT enabled, disabled_reason FROM e
 """
 
 
@@ -239,3 +251,13 @@ async def enqueue_test(pool: asyncpg.Pool, endpoint_id: UUID, payload: dict[str,
         payload,
     )
     return delivery_id
+
+
+async def list_notifications(pool: asyncpg.Pool, org_id: UUID, limit: int) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT id, kind, message, subject_id, created_at FROM notifications WHERE organization_id = $1"
+        " ORDER BY created_at DESC LIMIT $2",
+        org_id,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -211,3 +211,33 @@ async def test_secret_rotation_keeps_the_old_secret_valid(world: World, receiver
     assert json.loads(receiver.calls[0].body)["type"] == "webhook.test"
     assert len(_verified(receiver, new_secret)) == 1
     assert len(_verified(receiver, endpoint["secret"])) == 1  # both signatures during the grace period
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_and_the_organization_told(
+    world: World, receiver: Receiver
+) -> None:
+    await world.sink("dest.test", "127.0.0.10")
+    receiver.statuses.extend([500] * 50)
+    runtime = await world.runtime(
+        webhooks_allow_private=True,
+        webhook_retry_schedule="0s,300ms,300ms,300ms,300ms,300ms",
+        webhook_disable_after_seconds=0.5,
+    )
+    tenant = await world.tenant(runtime, "example.test")
+    endpoint, token = await _endpoint(runtime, tenant, receiver.url, ["message.delivered"])
+    await world.submit(runtime, tenant, ["ok@dest.test"])
+    assert runtime.api is not None
+    host, port = runtime.api.address
+    async with httpx.AsyncClient(
+        base_url=f"http://{host}:{port}", headers={"Authorization": f"Bearer {token}"}
+    ) as c:
+
+        async def disabled() -> bool:
+            return (await c.get(f"/v1/webhooks/{endpoint['id']}")).json()["enabled"] is False
+
+        await wait_until(disabled, bound=20)
+        shown = (await c.get(f"/v1/webhooks/{endpoint['id']}")).json()
+        notices = (await c.get(f"/v1/organizations/{tenant.org_id}/notifications")).json()
+    assert shown["disabled_reason"].startswith("failing continuously since")
+    assert [(n["kind"], n["subject_id"]) for n in notices] == [("webhook_endpoint_disabled", endpoint["id"])]
+    assert receiver.url in notices[0]["message"]
