@@ -64,7 +64,7 @@ class Runtime:
     _ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.db = await connect(self.settings, max_size=10)
+        self.db = await connect(self.settings, min_size=5, max_size=10)
         serve_api = self.settings.worker_index in (None, 0)
         pipeline_pool = await self.db.open_pipeline_pool(max_size=20)
         master_key = load_master_key(self.settings.secret_key, self.settings.data_dir)

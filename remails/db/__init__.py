@@ -52,7 +52,10 @@ class Database:
         self.pipeline_pool: Pool | None = None
 
     async def open_pipeline_pool(self, max_size: int) -> Pool:
-        self.pipeline_pool = await create_pool(self.dsn, max_size=max_size, durable=False)
+        # Opened up front: the first burst of mail should not wait for connections.
+        self.pipeline_pool = await create_pool(
+            self.dsn, min_size=max_size // 2, max_size=max_size, durable=False
+        )
         return self.pipeline_pool
 
     async def close(self) -> None:
@@ -63,14 +66,16 @@ class Database:
             await asyncio.to_thread(self._embedded.stop)
 
 
-async def connect(settings: Settings, *, max_size: int = 10, run_migrations: bool = True) -> Database:
+async def connect(
+    settings: Settings, *, min_size: int = 1, max_size: int = 10, run_migrations: bool = True
+) -> Database:
     """Start embedded PostgreSQL if needed, open the pool, apply migrations."""
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url
     if dsn is None:
         embedded = await asyncio.to_thread(start_embedded, settings.data_dir / "postgres")
         dsn = embedded.dsn
-    pool = await create_pool(dsn, max_size=max_size)
+    pool = await create_pool(dsn, min_size=min_size, max_size=max_size)
     if run_migrations:
         await migrate(pool)
     return Database(pool, dsn, embedded)
