@@ -131,3 +131,32 @@ async def test_bodies_past_the_projects_retention_are_purged(pool: Pool, setting
     assert sizes[old] == 0 and sizes[recent] > 0 and sizes[waiting] > 0
     assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", old) == "delivered"
     assert await purge_bodies(pool, 100) == 0
+
+
+async def test_routing_sees_only_ips_of_live_nodes_and_the_orgs_own_pool(
+    pool: Pool, settings: Settings
+) -> None:
+    from remails.db import egress, orgs
+    from remails.db.pipeline import load_to_route
+
+    tenant = await make_tenant(pool, settings)
+    message_id = await store_message(pool, tenant, ["a@dest.test"])
+    await egress.register_node(pool, "live", ["127.0.0.2", "127.0.0.3"])
+    await egress.register_node(pool, "dead", ["127.0.0.4"])
+    await pool.execute("UPDATE sender_nodes SET heartbeat_at = now() - interval '1 hour' WHERE name = 'dead'")
+    routable = await load_to_route(pool, message_id, fresh_seconds=30)
+    assert routable is not None and routable.live_ips == ["127.0.0.2", "127.0.0.3"]  # shared pool, live only
+
+    dedicated = await egress.create_ip_pool(pool, "dedicated", ["127.0.0.3"])
+    await orgs.set_ip_pool(pool, tenant.org_id, dedicated.id)
+    routable = await load_to_route(pool, message_id, fresh_seconds=30)
+    assert routable is not None and routable.live_ips == ["127.0.0.3"]  # its own pool only
+
+    other = await make_tenant(pool, settings, "other.test")
+    other_message = await store_message(pool, other, ["b@dest.test"])
+    routable = await load_to_route(pool, other_message, fresh_seconds=30)
+    assert routable is not None and routable.live_ips == ["127.0.0.2"]  # dedicated IPs leave the shared pool
+
+    # A live node takes over an IP whose holder stopped beating.
+    await egress.heartbeat(pool, "live", ["127.0.0.2", "127.0.0.3", "127.0.0.4"], stale_seconds=30)
+    assert await pool.fetchval("SELECT node_name FROM outbound_ips WHERE ip = '127.0.0.4'") == "live"
