@@ -217,3 +217,23 @@ async def test_retry_sends_a_bounced_message_again_but_not_a_delivered_one(api: 
     again = await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_maintainer)
     assert again.status_code == 409
     assert (await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_reader)).status_code == 403
+
+
+async def test_statistics_count_messages_per_day_and_status(api: Api) -> None:
+    from datetime import UTC, datetime
+
+    from tests.factories import store_message
+
+    first = await store_message(api.pool, api.acme, ["a@dest.test"])
+    await store_message(api.pool, api.acme, ["b@dest.test"])
+    await store_message(api.pool, api.other, ["c@dest.test"])  # another organization's
+    await api.pool.execute("UPDATE messages SET status = 'delivered' WHERE id = $1", first)
+    stats = (
+        await api.call("GET", f"/v1/organizations/{api.acme.org_id}/statistics?days=7", api.acme_reader)
+    ).json()
+    today = datetime.now(UTC).date().isoformat()
+    assert stats["days"] == 7
+    assert sorted((r["day"], r["status"], r["count"]) for r in stats["rows"]) == [
+        (today, "delivered", 1),
+        (today, "received", 1),
+    ]
