@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bound", type=float, default=600.0, help="give up on a phase after this many seconds"
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="REMAILS_WORKERS for remails up"
-    )
+    parser.add_argument("--workers", type=int, default=1, help="REMAILS_WORKERS for remails up")
     parser.add_argument("--only", choices=["remails", "postfix"], default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--json", action="store_true")

@@ -8,7 +8,6 @@ serves the same two paths on its own (`functions-framework --source functions/se
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -28,7 +27,7 @@ from functions.api.auth import Principal, principal_for
 from functions.api.errors import error_response, validation_response
 from functions.api.models import RawSendRequest
 from functions.compose import SendRequest, compose
-from remails.context import Context
+from remails.context import Context, function_context
 from remails.db import orgs
 from remails.db.idempotency import claim_key
 from remails.db.messages import NewMessage, insert_message
@@ -172,29 +171,7 @@ async def send_raw(
 # -- the standalone functions-framework target ----------------------------------------------
 
 _PATH = re.compile(r"^/v1/projects/(?P<project>[0-9a-fA-F-]{36})/messages(?P<raw>/raw)?/?$")
-_context: Context | None = None
 _buckets: TokenBuckets | None = None
-_lock = asyncio.Lock()
-
-
-async def _standalone_context() -> tuple[Context, TokenBuckets]:
-    global _context, _buckets
-    async with _lock:
-        if _context is None or _buckets is None:
-            from remails.bus.knative import KnativePublisher
-            from remails.config import load_settings
-            from remails.crypto import load_master_key
-            from remails.db import create_pool
-
-            settings = load_settings()
-            if settings.database_url is None:
-                raise RuntimeError("REMAILS_DATABASE_URL must be set for a function")
-            pool = await create_pool(settings.database_url, max_size=5)
-            _context = Context(
-                settings, pool, KnativePublisher(), load_master_key(settings.secret_key, settings.data_dir)
-            )
-            _buckets = TokenBuckets(settings.api_rate_per_second, settings.api_rate_burst)
-        return _context, _buckets
 
 
 async def handle_send_request(request: Request, ctx: Context, buckets: TokenBuckets) -> Response:
@@ -231,5 +208,8 @@ async def handle_send_request(request: Request, ctx: Context, buckets: TokenBuck
 
 @functions_framework.aio.http
 async def send(request: Request) -> Response:
-    ctx, buckets = await _standalone_context()
-    return await handle_send_request(request, ctx, buckets)
+    global _buckets
+    ctx = await function_context()
+    if _buckets is None:
+        _buckets = TokenBuckets(ctx.settings.api_rate_per_second, ctx.settings.api_rate_burst)
+    return await handle_send_request(request, ctx, _buckets)

@@ -174,7 +174,7 @@ class RawSendRequest(_In):
     metadata: dict[str, Annotated[str, Field(max_length=1000)]] = Field(default_factory=dict, max_length=50)
 
 
-class MessageSummary(BaseModel):
+class _MessageFields(BaseModel):
     id: UUID
     organization_id: UUID
     project_id: UUID
@@ -185,10 +185,13 @@ class MessageSummary(BaseModel):
     label: str | None
     attempts: int
     size: int
-    recipients: list[str]
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class MessageSummary(_MessageFields):
+    recipients: list[str]
 
 
 class MessagePage(BaseModel):
@@ -219,24 +222,11 @@ class AttemptOut(BaseModel):
     started_at: datetime
 
 
-class MessageDetail(BaseModel):
-    id: UUID
-    organization_id: UUID
-    project_id: UUID
-    mail_from: str
-    message_id_header: str
-    status: str
-    reason: str | None
+class MessageDetail(_MessageFields):
     outbound_ip: str | None
-    attempts: int
-    size: int
-    label: str | None
     metadata: dict[str, Any]
     next_attempt_at: datetime | None
     expires_at: datetime
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
     recipients: list[RecipientOut]
     attempt_log: list[AttemptOut]
 
