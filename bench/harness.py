@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.dnsserver import LocalDns  # noqa: E402  (the project's loopback DNS server)
+from bench.dnsserver import LocalDns  # noqa: E402  (the project's loopback DNS server)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SINK_DOMAIN = "example.test"
@@ -330,17 +330,17 @@ def latencies_ms(dsn: str) -> list[float]:
     """accept → delivered for every delivered message, from the stored timestamps."""
     import asyncio
 
-    import asyncpg
+    from remails.db import create_pool
 
     async def fetch() -> list[float]:
-        conn = await asyncpg.connect(dsn)
+        pool = await create_pool(dsn, max_size=1)
         try:
-            rows = await conn.fetch(
+            rows = await pool.fetch(
                 "SELECT extract(epoch FROM finished_at - created_at) * 1000 AS ms FROM messages"
                 " WHERE status = 'delivered'"
             )
         finally:
-            await conn.close()
+            await pool.close()
         return [float(r["ms"]) for r in rows]
 
     return asyncio.run(fetch())

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import asyncpg
-
 from remails.bus import Publisher
 from remails.config import Settings, load_settings
 from remails.crypto import MasterKey
+from remails.db import Pool
 
 __all__ = ["Context", "function_context"]
 
@@ -17,13 +16,13 @@ __all__ = ["Context", "function_context"]
 @dataclass(frozen=True)
 class Context:
     settings: Settings
-    pool: asyncpg.Pool  # durable commits: accepting a message, management
+    pool: Pool  # durable commits: accepting a message, management
     publisher: Publisher
     master_key: MasterKey
-    pipeline_pool: asyncpg.Pool | None = None
+    pipeline_pool: Pool | None = None
 
     @property
-    def pipeline(self) -> asyncpg.Pool:
+    def pipeline(self) -> Pool:
         """Connections for pipeline state transitions, committed asynchronously. A transition
         lost to a database crash (the last ~0.2 s) is redone by the sweep; the message itself
         was committed durably before its 250, so nothing is lost, at worst sent twice."""

@@ -1,27 +1,19 @@
-"""Typed ids and the closed vocabularies shared by code, SQL enums, logs and the API."""
+"""The closed vocabularies shared by code, SQL enums, logs and the API."""
 
 from __future__ import annotations
 
-from typing import Literal, NewType, get_args
-from uuid import UUID
+from typing import Literal, get_args
 
 __all__ = [
     "FINAL_MESSAGE_STATUSES",
     "FINAL_RECIPIENT_STATUSES",
     "ApiRole",
     "BlockStatus",
-    "MessageId",
     "MessageStatus",
-    "OrgId",
-    "ProjectId",
     "RecipientStatus",
     "WebhookEventType",
     "literal_values",
 ]
-
-OrgId = NewType("OrgId", UUID)
-ProjectId = NewType("ProjectId", UUID)
-MessageId = NewType("MessageId", UUID)
 
 ApiRole = Literal["read_only", "maintainer", "admin"]
 BlockStatus = Literal["not_blocked", "no_sending", "full_freeze"]

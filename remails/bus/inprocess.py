@@ -3,7 +3,9 @@
 Each matching trigger gets its own delivery; a failing handler is retried with exponential
 backoff up to `max_attempts`, then the event goes to the dead-letter log. A handler's reply
 event is published back onto the bus, like a Knative Broker does with a 200 reply.
-Delivery is at-least-once within the process; the database and the sweeper cover a crash.
+Delivery is at-least-once within the process; the database and the sweeper cover a crash,
+and an event refused because the queue is full (a notice, not the truth) is re-emitted by the
+sweep like a lost one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from cloudevents.http import CloudEvent
@@ -44,11 +47,17 @@ class InProcessBus:
     max_attempts: int = 5
     backoff_base: float = 0.05
     backoff_cap: float = 5.0
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    queue_size: int = 100_000
+    dead_letters_kept: int = 1000
+    dead_letters: deque[DeadLetter] = field(init=False)
     _triggers: list[Trigger] = field(default_factory=list)
-    _queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
+    _queue: asyncio.Queue[_Delivery] = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _timers: set[asyncio.TimerHandle] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.dead_letters = deque(maxlen=self.dead_letters_kept)
+        self._queue = asyncio.Queue(self.queue_size)
 
     def subscribe(self, trigger: Trigger) -> None:
         self._triggers.append(trigger)
@@ -57,7 +66,20 @@ class InProcessBus:
         attributes = event.get_attributes()
         for trigger in self._triggers:
             if matches(trigger.filters, attributes):
-                self._queue.put_nowait(_Delivery(trigger, event))
+                self._enqueue(_Delivery(trigger, event))
+
+    def _enqueue(self, delivery: _Delivery) -> None:
+        try:
+            self._queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            log_event(
+                logger,
+                "event dropped: bus queue full",
+                logging.ERROR,
+                trigger=delivery.trigger.name,
+                event_type=delivery.event["type"],
+                event_id=delivery.event["id"],
+            )
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
@@ -117,7 +139,7 @@ class InProcessBus:
 
         def requeue() -> None:
             self._timers.discard(timer)
-            self._queue.put_nowait(retry)
+            self._enqueue(retry)
 
         timer = asyncio.get_running_loop().call_later(delay, requeue)
         self._timers.add(timer)

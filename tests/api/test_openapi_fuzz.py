@@ -53,6 +53,7 @@ async def test_schemathesis_finds_no_server_errors_and_no_schema_mismatch(api: A
             "off",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,  # its example cache (.schemathesis/) stays out of the checkout
         )
         output, _ = await asyncio.wait_for(process.communicate(), 150)
     finally:

@@ -56,7 +56,7 @@ async def test_retries_a_failing_handler_until_it_succeeds(bus: InProcessBus) ->
     bus.subscribe(Trigger("flaky", [{"exact": {"type": "message.routed"}}], flaky))
     await bus.publish(_routed("127.0.0.2"))
     await wait_until(lambda: calls == 3)
-    assert bus.dead_letters == []
+    assert list(bus.dead_letters) == []
 
 
 async def test_dead_letters_after_the_limit(bus: InProcessBus) -> None:
@@ -93,3 +93,44 @@ async def test_reply_events_are_published_back(bus: InProcessBus) -> None:
     await bus.publish(make_event(EventType.MESSAGE_RECEIVED, data))
     reply = await asyncio.wait_for(validated.get(), 5)
     assert reply["msgid"] == str(data.message_id)
+
+
+async def test_a_full_queue_drops_the_notice_and_keeps_the_bus_alive() -> None:
+    """The queue is bounded: a burst beyond it is refused (the sweep re-emits), not held in RAM."""
+    bus = InProcessBus(workers=1, queue_size=100)
+    seen: list[str] = []
+
+    async def handler(event: CloudEvent) -> None:
+        seen.append(event["id"])
+
+    bus.subscribe(Trigger("all", [{"exact": {"type": "message.routed"}}], handler))
+    for _ in range(150):  # not started yet: nothing is consumed while we publish
+        await bus.publish(_routed("127.0.0.2"))
+    bus.start()
+    try:
+        await bus.drain()
+        assert len(seen) == 100
+        await bus.publish(_routed("127.0.0.2"))
+        await bus.drain()
+        assert len(seen) == 101
+    finally:
+        await bus.stop()
+
+
+async def test_only_the_newest_dead_letters_are_kept() -> None:
+    bus = InProcessBus(workers=2, max_attempts=1, dead_letters_kept=3)
+
+    async def broken(event: CloudEvent) -> None:
+        raise RuntimeError(event["id"])
+
+    bus.subscribe(Trigger("broken", [{"exact": {"type": "message.routed"}}], broken))
+    bus.start()
+    try:
+        events = [_routed("127.0.0.2") for _ in range(5)]
+        for event in events:
+            await bus.publish(event)
+        await bus.drain()
+        assert len(bus.dead_letters) == 3
+        assert {d.event["id"] for d in bus.dead_letters} <= {e["id"] for e in events}
+    finally:
+        await bus.stop()
