@@ -1,24 +1,53 @@
-"""The operator's super-admin API token: created on first start, written once to the data dir."""
+"""The operator's super-admin API token: stored as a digest in PostgreSQL like every API key, so
+it survives restarts; shown once when created. On a laptop `remails up` creates it on first start
+(and writes it to the data dir); in a cluster the operator rotates it from any pod that has the
+database URL: `remails admin-token rotate` prints a new token and revokes the old ones."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
-import asyncpg
-
+from remails.db import Pool
 from remails.db.credentials import create_api_key, has_super_admin
 
-__all__ = ["ensure_admin_token"]
+__all__ = ["AdminKey", "admin_keys", "ensure_admin_token", "rotate_admin_token"]
 
 
-async def ensure_admin_token(pool: asyncpg.Pool, data_dir: Path) -> str | None:
+@dataclass(frozen=True)
+class AdminKey:
+    """A super-admin key without its secret: enough to tell which token is in force."""
+
+    id: UUID
+    created_at: datetime
+    description: str
+
+
+async def ensure_admin_token(pool: Pool, data_dir: Path) -> str | None:
     """The new token when none existed (also written to `<data dir>/admin-token`, mode 0600)."""
     if await has_super_admin(pool):
         return None
     _, token = await create_api_key(pool, None, "admin", description="operator (created on first start)")
     _write_private(data_dir / "admin-token", token)
     return token
+
+
+async def rotate_admin_token(pool: Pool) -> tuple[AdminKey, str]:
+    """A new super-admin token; every older one stops working. The new key is written first, so
+    a failure half-way leaves a working token, never none."""
+    key, token = await create_api_key(pool, None, "admin", description="operator (rotated)")
+    await pool.execute("DELETE FROM api_keys WHERE organization_id IS NULL AND id <> $1", key.id)
+    return AdminKey(key.id, key.created_at, "operator (rotated)"), token
+
+
+async def admin_keys(pool: Pool) -> list[AdminKey]:
+    rows = await pool.fetch(
+        "SELECT id, created_at, description FROM api_keys WHERE organization_id IS NULL ORDER BY created_at"
+    )
+    return [AdminKey(r["id"], r["created_at"], r["description"]) for r in rows]
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -1,5 +1,5 @@
-# The SMTP edge: a Deployment of at least two replicas spread over nodes, behind a
-# LoadBalancer that passes the client address with PROXY protocol.
+# The SMTP edge: a Deployment of at least two replicas spread over nodes (more under load,
+# by CPU), behind a LoadBalancer that passes the client address with PROXY protocol.
 
 resource "kubernetes_deployment_v1" "edge" {
   #checkov:skip=CKV_K8S_14:the image is the variable var.image; README.md requires pinning it by digest
@@ -44,9 +44,11 @@ resource "kubernetes_deployment_v1" "edge" {
             for_each = merge(local.common_env, {
               REMAILS_SMTP_SUBMISSION_LISTEN = "0.0.0.0:2587"
               REMAILS_SMTP_TLS_LISTEN        = "0.0.0.0:2465"
-              REMAILS_PROXY_PROTOCOL         = "true"
+              REMAILS_PROXY_PROTOCOL         = tostring(local.proxy_protocol)
+              REMAILS_PROXY_TRUSTED_NETWORKS = join(",", var.proxy_trusted_networks)
               REMAILS_TLS_CERT               = "/tls/tls.crt"
               REMAILS_TLS_KEY                = "/tls/tls.key"
+              K_SINK                         = local.broker_url
             })
             content {
               name  = env.key
@@ -77,6 +79,7 @@ resource "kubernetes_deployment_v1" "edge" {
             limits   = { cpu = "2", memory = "1Gi" }
           }
           security_context {
+            seccomp_profile { type = "RuntimeDefault" }
             run_as_non_root            = true
             run_as_user                = 10001
             read_only_root_filesystem  = true
@@ -95,7 +98,9 @@ resource "kubernetes_deployment_v1" "edge" {
         }
         volume {
           name = "tls"
-          secret { secret_name = kubernetes_secret_v1.tls.metadata[0].name }
+          # Mounted whole (no sub_path), so the kubelet updates the files when cert-manager
+          # renews the Secret.
+          secret { secret_name = local.tls_secret }
         }
         volume {
           name = "tmp"
@@ -104,7 +109,36 @@ resource "kubernetes_deployment_v1" "edge" {
       }
     }
   }
-  depends_on = [kubernetes_job_v1.migrate]
+  lifecycle {
+    ignore_changes = [spec[0].replicas] # the HPA owns it
+  }
+  depends_on = [kubernetes_job_v1.migrate, kubernetes_manifest.certificate]
+}
+
+resource "kubernetes_horizontal_pod_autoscaler_v2" "edge" {
+  metadata {
+    name      = "remails-edge"
+    namespace = kubernetes_namespace_v1.remails.metadata[0].name
+  }
+  spec {
+    min_replicas = var.edge_replicas
+    max_replicas = var.edge_max_replicas
+    scale_target_ref {
+      api_version = "apps/v1"
+      kind        = "Deployment"
+      name        = kubernetes_deployment_v1.edge.metadata[0].name
+    }
+    metric {
+      type = "Resource"
+      resource {
+        name = "cpu"
+        target {
+          type                = "Utilization"
+          average_utilization = 70
+        }
+      }
+    }
+  }
 }
 
 resource "kubernetes_pod_disruption_budget_v1" "edge" {
@@ -124,7 +158,7 @@ resource "kubernetes_service_v1" "smtp" {
   metadata {
     name        = "remails-smtp"
     namespace   = kubernetes_namespace_v1.remails.metadata[0].name
-    annotations = var.load_balancer_annotations
+    annotations = local.load_balancer_annotations
   }
   spec {
     type                    = "LoadBalancer"

@@ -1,115 +1,27 @@
-# The Broker, the Triggers that feed each function (filtered on the event catalogue's types),
-# the PingSource behind `tick`, and SinkBindings giving the long-lived roles K_SINK.
+# The Broker, the Triggers that feed each function (filtered on the event catalogue's types)
+# and the PingSource behind `tick`. The objects themselves are built in locals.tf.
 # The per-IP Triggers for the sender nodes are not here: the ip_manager function keeps them.
 
 locals {
-  # function → the event types it consumes (remails/events.py; checked by tests/infra).
-  triggers = {
-    validate = ["message.received"]
-    quota    = ["message.validated"]
-    route    = ["message.admitted"]
-    retry    = ["delivery.attempted", "tick"]
-    webhooks = [
-      "message.delivered", "message.deferred", "message.bounced", "message.failed",
-      "message.held", "message.rejected", "tick",
-    ]
-    ip_manager = ["tick"]
-    ticker     = ["dev.knative.sources.ping"]
-  }
-  trigger_list = flatten([
-    for function, types in local.triggers : [
-      for type in types : { function = function, type = type, name = "${replace(function, "_", "-")}-${replace(type, ".", "-")}" }
-    ]
-  ])
+  # Where every role posts its events (K_SINK), as the Broker reports it once it is ready.
+  broker_url = coalesce(try(kubernetes_manifest.broker.object.status.address.url, null), local.broker_ingress_url)
 }
 
 resource "kubernetes_manifest" "broker" {
-  manifest = {
-    apiVersion = "eventing.knative.dev/v1"
-    kind       = "Broker"
-    metadata = {
-      name        = "default"
-      namespace   = kubernetes_namespace_v1.remails.metadata[0].name
-      annotations = { "eventing.knative.dev/broker.class" = var.broker_class }
-    }
-    spec = {
-      delivery = {
-        retry         = 10
-        backoffPolicy = "exponential"
-        backoffDelay  = "PT0.5S"
-        timeout       = "PT60S"
-        deadLetterSink = {
-          ref = { apiVersion = "serving.knative.dev/v1", kind = "Service", name = "remails-dead-letter" }
-        }
-      }
-    }
+  manifest = local.broker_manifest
+  wait {
+    fields = { "status.address.url" = "^http" }
   }
+  depends_on = [kubernetes_namespace_v1.remails]
 }
 
 resource "kubernetes_manifest" "trigger" {
-  for_each = { for t in local.trigger_list : t.name => t }
-  manifest = {
-    apiVersion = "eventing.knative.dev/v1"
-    kind       = "Trigger"
-    metadata = {
-      name      = each.key
-      namespace = kubernetes_namespace_v1.remails.metadata[0].name
-      labels    = local.labels
-    }
-    spec = {
-      broker  = "default"
-      filters = [{ exact = { type = each.value.type } }]
-      subscriber = {
-        ref = {
-          apiVersion = "serving.knative.dev/v1"
-          kind       = "Service"
-          name       = "remails-${replace(each.value.function, "_", "-")}"
-        }
-      }
-    }
-  }
+  for_each   = local.trigger_manifests
+  manifest   = each.value
   depends_on = [kubernetes_manifest.broker, kubernetes_manifest.function]
 }
 
 resource "kubernetes_manifest" "ping" {
-  manifest = {
-    apiVersion = "sources.knative.dev/v1"
-    kind       = "PingSource"
-    metadata = {
-      name      = "remails-tick"
-      namespace = kubernetes_namespace_v1.remails.metadata[0].name
-    }
-    spec = {
-      schedule    = "* * * * *"
-      contentType = "application/json"
-      data        = "{}"
-      sink = {
-        ref = { apiVersion = "eventing.knative.dev/v1", kind = "Broker", name = "default" }
-      }
-    }
-  }
-  depends_on = [kubernetes_manifest.broker]
-}
-
-resource "kubernetes_manifest" "sink_binding" {
-  for_each = {
-    edge      = { apiVersion = "apps/v1", kind = "Deployment", name = "remails-edge" }
-    sender    = { apiVersion = "apps/v1", kind = "DaemonSet", name = "remails-sender" }
-    functions = { apiVersion = "serving.knative.dev/v1", kind = "Service", selector = { matchLabels = { "remails.eu/needs-sink" = "true" } } }
-  }
-  manifest = {
-    apiVersion = "sources.knative.dev/v1"
-    kind       = "SinkBinding"
-    metadata = {
-      name      = "remails-${each.key}"
-      namespace = kubernetes_namespace_v1.remails.metadata[0].name
-    }
-    spec = {
-      subject = each.value
-      sink = {
-        ref = { apiVersion = "eventing.knative.dev/v1", kind = "Broker", name = "default" }
-      }
-    }
-  }
+  manifest   = local.ping_manifest
   depends_on = [kubernetes_manifest.broker]
 }

@@ -1,27 +1,27 @@
 # Remails on Kubernetes + Knative: the namespace, its secrets and the migration Job.
-# Knative Serving and Eventing (and their CRDs) must be installed before `terraform apply`:
-# kubernetes_manifest needs the CRDs at plan time (see README.md).
+# Knative Serving and Eventing, cert-manager (and their CRDs) must be installed before
+# `terraform apply`: kubernetes_manifest needs the CRDs at plan time (see docs/deploy.md).
 
-locals {
-  labels = { "app.kubernetes.io/part-of" = "remails" }
-  common_env = {
-    REMAILS_BUS       = "knative"
-    REMAILS_HOSTNAME  = var.hostname
-    REMAILS_NAMESPACE = var.namespace
-    REMAILS_DATA_DIR  = "/tmp/remails"
-  }
-}
+# The cluster comes from the environment: KUBE_CONFIG_PATH (or KUBE_HOST and friends), so no
+# credential is written in the configuration.
+provider "kubernetes" {}
 
 resource "kubernetes_namespace_v1" "remails" {
   metadata {
-    name   = var.namespace
-    labels = local.labels
+    name = var.namespace
+    # The sender runs on the host network, which only the privileged level admits; every
+    # other pod is warned and audited against restricted.
+    labels = merge(local.labels, {
+      "pod-security.kubernetes.io/enforce" = "privileged"
+      "pod-security.kubernetes.io/warn"    = "restricted"
+      "pod-security.kubernetes.io/audit"   = "restricted"
+    })
   }
 }
 
 resource "kubernetes_secret_v1" "remails" {
   metadata {
-    name      = "remails"
+    name      = local.secret_name
     namespace = kubernetes_namespace_v1.remails.metadata[0].name
   }
   data = {
@@ -30,16 +30,9 @@ resource "kubernetes_secret_v1" "remails" {
   }
 }
 
-resource "kubernetes_secret_v1" "tls" {
-  metadata {
-    name      = "remails-tls"
-    namespace = kubernetes_namespace_v1.remails.metadata[0].name
-  }
-  type = "kubernetes.io/tls"
-  data = {
-    "tls.crt" = var.tls_certificate
-    "tls.key" = var.tls_private_key
-  }
+# The SMTP certificate: cert-manager writes it into the Secret local.tls_secret.
+resource "kubernetes_manifest" "certificate" {
+  manifest = local.certificate_manifest
 }
 
 resource "kubernetes_job_v1" "migrate" {

@@ -30,19 +30,6 @@ resource "kubernetes_daemon_set_v1" "sender" {
           image             = var.image
           image_pull_policy = "Always"
           args              = ["serve", "sender"]
-          dynamic "env" {
-            for_each = merge(local.common_env, {
-              REMAILS_OUTBOUND_IPS          = join(",", var.outbound_ips)
-              REMAILS_OUTBOUND_IPS_DISCOVER = "true"
-              REMAILS_NODE_NAME             = "$(NODE_NAME)"
-              REMAILS_NODE_URL              = "http://$(HOST_IP):${var.sender_port}/"
-              REMAILS_HTTP_LISTEN           = "$(HOST_IP):${var.sender_port}"
-            })
-            content {
-              name  = env.key
-              value = env.value
-            }
-          }
           env {
             name = "NODE_NAME"
             value_from {
@@ -53,6 +40,20 @@ resource "kubernetes_daemon_set_v1" "sender" {
             name = "HOST_IP"
             value_from {
               field_ref { field_path = "status.hostIP" }
+            }
+          }
+          # After NODE_NAME and HOST_IP: Kubernetes expands $(VAR) only from earlier entries.
+          dynamic "env" {
+            for_each = merge(local.common_env, {
+              REMAILS_OUTBOUND_IPS_DISCOVER = "true"
+              REMAILS_NODE_NAME             = "$(NODE_NAME)"
+              REMAILS_NODE_URL              = "http://$(HOST_IP):${var.sender_port}/"
+              REMAILS_HTTP_LISTEN           = "$(HOST_IP):${var.sender_port}"
+              K_SINK                        = local.broker_url
+            })
+            content {
+              name  = env.key
+              value = env.value
             }
           }
           env_from {
@@ -71,6 +72,7 @@ resource "kubernetes_daemon_set_v1" "sender" {
             limits   = { cpu = "2", memory = "1Gi" }
           }
           security_context {
+            seccomp_profile { type = "RuntimeDefault" }
             run_as_non_root            = true
             run_as_user                = 10001
             read_only_root_filesystem  = true
@@ -82,6 +84,36 @@ resource "kubernetes_daemon_set_v1" "sender" {
             mount_path = "/tmp"
           }
         }
+        # Puts the floating IPs UpCloud attached to this node on its interface (the OS must).
+        dynamic "container" {
+          for_each = var.floating_ip_alias ? ["floating-ips"] : []
+          content {
+            #checkov:skip=CKV_K8S_23:the `ip addr` changes need root in the host network namespace; it holds NET_ADMIN and nothing else
+            #checkov:skip=CKV_K8S_40:the `ip addr` changes need root in the host network namespace; it holds NET_ADMIN and nothing else
+            name              = container.value
+            image             = var.image
+            image_pull_policy = "Always"
+            command           = ["python", "/app/infra/node/floating_ip_alias.py"]
+            env {
+              name  = "REMAILS_OUTBOUND_IPS"
+              value = join(",", var.outbound_ips)
+            }
+            resources {
+              requests = { cpu = "10m", memory = "32Mi" }
+              limits   = { cpu = "100m", memory = "64Mi" }
+            }
+            security_context {
+              seccomp_profile { type = "RuntimeDefault" }
+              run_as_user                = 0
+              read_only_root_filesystem  = true
+              allow_privilege_escalation = false
+              capabilities {
+                drop = ["ALL"]
+                add  = ["NET_ADMIN"]
+              }
+            }
+          }
+        }
         volume {
           name = "tmp"
           empty_dir {}
@@ -89,5 +121,5 @@ resource "kubernetes_daemon_set_v1" "sender" {
       }
     }
   }
-  depends_on = [kubernetes_job_v1.migrate]
+  depends_on = [kubernetes_job_v1.migrate, kubernetes_manifest.broker]
 }

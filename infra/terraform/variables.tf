@@ -26,26 +26,37 @@ variable "hostname" {
   type        = string
 }
 
-variable "tls_certificate" {
-  description = "PEM certificate chain for the SMTP edge."
+variable "submission_hostname" {
+  description = "The name applications submit to (the SMTP load balancer's address); in the certificate beside var.hostname. Empty: var.hostname only."
   type        = string
-  sensitive   = true
+  default     = ""
 }
 
-variable "tls_private_key" {
-  description = "PEM private key for the SMTP edge."
-  type        = string
-  sensitive   = true
+variable "certificate_issuer" {
+  description = "The cert-manager Issuer or ClusterIssuer that signs the SMTP certificate for var.hostname."
+  type        = object({ kind = string, name = string })
+  default     = { kind = "ClusterIssuer", name = "letsencrypt" }
+  validation {
+    condition     = contains(["Issuer", "ClusterIssuer"], var.certificate_issuer.kind)
+    error_message = "certificate_issuer.kind must be Issuer or ClusterIssuer."
+  }
 }
 
 variable "broker_class" {
-  description = "Knative Broker class: Kafka (default, durable) or MTChannelBasedBroker."
+  description = "Knative Broker class: Kafka (durable; needs Kafka and the Kafka Broker) or MTChannelBasedBroker (with the in-memory channel: best-effort, loses events on restart, not for production)."
   type        = string
   default     = "Kafka"
   validation {
-    condition     = contains(["Kafka", "KafkaNamespaced", "MTChannelBasedBroker", "RabbitMQBroker"], var.broker_class)
-    error_message = "broker_class must be Kafka, KafkaNamespaced, MTChannelBasedBroker or RabbitMQBroker."
+    # RabbitMQBroker cannot evaluate the Triggers' `filters`.
+    condition     = contains(["Kafka", "MTChannelBasedBroker"], var.broker_class)
+    error_message = "broker_class must be Kafka or MTChannelBasedBroker."
   }
+}
+
+variable "kafka_broker_config" {
+  description = "The ConfigMap of the Kafka Broker (bootstrap servers, partitions, replication), as installed with it."
+  type        = object({ name = string, namespace = string })
+  default     = { name = "kafka-broker-config", namespace = "knative-eventing" }
 }
 
 variable "smtp_ports" {
@@ -69,14 +80,52 @@ variable "edge_replicas" {
   }
 }
 
+variable "edge_max_replicas" {
+  description = "Upper bound of the edge's CPU autoscaler."
+  type        = number
+  default     = 10
+}
+
+variable "function_max_scale" {
+  description = "max-scale of every Knative Service: each pod holds a pool of database connections, so pods × pool must fit the database's connection limit."
+  type        = number
+  default     = 5
+  validation {
+    condition     = contains(range(1, 101), var.function_max_scale)
+    error_message = "function_max_scale must be between 1 and 100."
+  }
+}
+
 variable "hot_path_min_scale" {
   description = "min-scale of validate, quota, route and retry (0 scales to zero; 1 keeps latency low)."
   type        = number
   default     = 0
 }
 
+variable "load_balancer" {
+  description = "upcloud: the Service carries UpCloud's TCP-mode, PROXY-v2 load balancer configuration and the edge expects PROXY protocol; other: plain annotations, var.proxy_protocol decides."
+  type        = string
+  default     = "upcloud"
+  validation {
+    condition     = contains(["upcloud", "other"], var.load_balancer)
+    error_message = "load_balancer must be upcloud or other."
+  }
+}
+
+variable "proxy_protocol" {
+  description = "With load_balancer = other: whether the load balancer sends PROXY protocol (the edge then requires it)."
+  type        = bool
+  default     = false
+}
+
+variable "proxy_trusted_networks" {
+  description = "CIDRs the load balancer connects from, the only peers whose PROXY header the edge accepts: on UpCloud the cluster's private network (modules/upcloud's network_cidr output)."
+  type        = list(string)
+  default     = ["10.100.0.0/24"]
+}
+
 variable "load_balancer_annotations" {
-  description = "Annotations for the SMTP LoadBalancer Service (for UpCloud: TCP mode and PROXY protocol v2)."
+  description = "Extra annotations for the SMTP LoadBalancer Service (merged over the UpCloud configuration)."
   type        = map(string)
   default     = {}
 }
@@ -85,4 +134,16 @@ variable "sender_port" {
   description = "Host port where each sender node takes its message.routed events."
   type        = number
   default     = 8090
+}
+
+variable "knative_namespaces" {
+  description = "Namespaces of Knative's data path (broker, activator, networking layer): the only sources admitted to the functions' pods."
+  type        = list(string)
+  default     = ["knative-eventing", "knative-serving", "kourier-system"]
+}
+
+variable "floating_ip_alias" {
+  description = "Run, beside each sender, the loop that configures the floating IPs attached to its node on the node's interface (UpCloud leaves that to the OS). Turn off where the node image does it."
+  type        = bool
+  default     = true
 }

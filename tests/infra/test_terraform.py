@@ -72,11 +72,11 @@ def test_checkov_passes_and_every_skip_says_why() -> None:
 
 
 def _triggers() -> dict[str, list[str]]:
-    return dict(_hcl(INFRA / "terraform" / "eventing.tf")["locals"][0]["triggers"])
+    return dict(_hcl(INFRA / "terraform" / "locals.tf")["locals"][0]["triggers"])
 
 
 def _services() -> dict[str, dict[str, Any]]:
-    return dict(_hcl(INFRA / "terraform" / "functions.tf")["locals"][0]["functions"])
+    return dict(_hcl(INFRA / "terraform" / "locals.tf")["locals"][0]["functions"])
 
 
 def _consumed() -> dict[str, set[str]]:
@@ -101,11 +101,10 @@ def test_every_consumed_event_type_has_a_trigger_to_its_function() -> None:
 
 def test_every_trigger_points_at_a_service_that_exists_and_serves_that_target() -> None:
     services = _services()
-    eventing = (INFRA / "terraform" / "eventing.tf").read_text()
-    functions_tf = (INFRA / "terraform" / "functions.tf").read_text()
+    locals_tf = (INFRA / "terraform" / "locals.tf").read_text()
     # The Trigger's subscriber and the Service's name are built by the same formula.
-    assert 'name       = "remails-${replace(each.value.function, "_", "-")}"' in eventing
-    assert 'name      = "remails-${replace(each.key, "_", "-")}"' in functions_tf
+    assert 'name       = "remails-${replace(t.function, "_", "-")}"' in locals_tf
+    assert 'name      = "remails-${replace(name, "_", "-")}"' in locals_tf
     for function in _triggers():
         assert function in services, function
     for name, service in services.items():
@@ -127,7 +126,9 @@ def test_the_edge_and_sender_are_shaped_as_the_design_says() -> None:
     edge = _hcl(INFRA / "terraform" / "edge.tf")
     sender = _hcl(INFRA / "terraform" / "sender.tf")
     variables = (INFRA / "terraform" / "variables.tf").read_text()
-    service = edge["resource"][2]["kubernetes_service_v1"]["smtp"]["spec"][0]
+    service = next(r for r in edge["resource"] if "kubernetes_service_v1" in r)["kubernetes_service_v1"][
+        "smtp"
+    ]["spec"][0]
     assert service["type"] == "LoadBalancer" and service["external_traffic_policy"] == "Local"
     assert sorted(p["target_port"] for p in service["port"]) == [2465, 2587, 2587]
     assert "REMAILS_PROXY_PROTOCOL" in (INFRA / "terraform" / "edge.tf").read_text()

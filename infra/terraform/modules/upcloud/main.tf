@@ -10,6 +10,9 @@ terraform {
   }
 }
 
+# Credentials from the environment: UPCLOUD_USERNAME and UPCLOUD_PASSWORD (an API sub-account).
+provider "upcloud" {}
+
 resource "upcloud_network" "remails" {
   name = "${var.name}-net"
   zone = var.zone
@@ -18,6 +21,9 @@ resource "upcloud_network" "remails" {
     dhcp    = true
     family  = "IPv4"
   }
+  lifecycle {
+    ignore_changes = [router] # UKS attaches a router to the cluster's network
+  }
 }
 
 resource "upcloud_kubernetes_cluster" "remails" {
@@ -25,6 +31,10 @@ resource "upcloud_kubernetes_cluster" "remails" {
   zone                    = var.zone
   network                 = upcloud_network.remails.id
   control_plane_ip_filter = var.control_plane_ip_filter
+}
+
+data "upcloud_kubernetes_cluster" "remails" {
+  id = upcloud_kubernetes_cluster.remails.id
 }
 
 resource "upcloud_kubernetes_node_group" "workers" {
@@ -45,12 +55,15 @@ resource "upcloud_managed_database_postgresql" "remails" {
   }
 }
 
-# Outbound IPs for the sender nodes. Each must be attached to a node and configured on its
-# interface (UpCloud does not add a floating IP to the OS), and should get reverse DNS that
-# matches var.hostname of the root module.
+# Outbound IPs for the sender nodes, created detached: the ip_manager function attaches each to
+# a live node, moves it when that node dies, and sets its reverse DNS to the root module's
+# var.hostname (so they are not managed here after creation).
 resource "upcloud_floating_ip_address" "outbound" {
   count  = var.outbound_ip_count
   zone   = var.zone
   access = "public"
   family = "IPv4"
+  lifecycle {
+    ignore_changes = [mac_address] # the ip_manager moves it between nodes
+  }
 }

@@ -1,6 +1,12 @@
 output "cluster_id" {
-  description = "The Kubernetes cluster (fetch its kubeconfig with upcloud_kubernetes_cluster data or upctl)."
+  description = "The Kubernetes cluster."
   value       = upcloud_kubernetes_cluster.remails.id
+}
+
+output "kubeconfig" {
+  description = "Credentials for kubectl and the root module's kubernetes provider (KUBE_CONFIG_PATH)."
+  value       = data.upcloud_kubernetes_cluster.remails.kubeconfig
+  sensitive   = true
 }
 
 output "database_url" {
@@ -12,4 +18,9 @@ output "database_url" {
 output "outbound_ips" {
   description = "The floating IPs, for the root module's outbound_ips."
   value       = upcloud_floating_ip_address.outbound[*].ip_address
+}
+
+output "network_cidr" {
+  description = "The cluster's private network, where the load balancer connects from (root module's proxy_trusted_networks)."
+  value       = var.network_cidr
 }
