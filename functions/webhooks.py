@@ -10,34 +10,32 @@ de-duplicate.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import time
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 from uuid import UUID
 
-import dns.exception
 import httpx
 from cloudevents.http import CloudEvent
 
-from remails.config import Settings
+from remails import metrics
 from remails.context import Context
-from remails.db import webhooks
-from remails.dns import make_resolver
+from remails.db import webhook_deliveries
+from remails.db.webhook_deliveries import Delivery
+from remails.errors import UnsafeTarget
 from remails.events import EventType, MessageOutcome, event_data
 from remails.log import log_event
-from remails.webhook_policy import forbidden_address, next_delay, should_retry
+from remails.webhook_endpoints import open_secrets
+from remails.webhook_policy import next_delay, should_retry
 from remails.webhook_signing import signature_header
+from remails.webhook_targets import check_target, pinned
 
 __all__ = [
     "OUTCOME_FILTERS",
     "TICK_FILTERS",
-    "check_target",
     "handle_outcome",
     "handle_tick",
-    "pinned",
     "send_due",
 ]
 
@@ -53,74 +51,36 @@ OUTCOME_FILTERS = [{"any": [{"exact": {"type": t.value}} for t in OUTCOME_TYPES]
 TICK_FILTERS = [{"exact": {"type": EventType.TICK.value}}]
 
 BATCH = 20  # deliveries claimed at once, and posted concurrently
+PER_ENDPOINT = 5  # at most this many of one endpoint in a batch: a slow receiver holds few slots
 
 logger = logging.getLogger("remails.webhooks")
 
 
-class UnsafeTarget(ValueError):
-    """A URL that would make us call an internal address."""
-
-
-async def check_target(settings: Settings, url: str) -> str | None:
-    """Refuse http and private, loopback, link-local or metadata addresses unless the setting
-    allows them (development and tests). Names are resolved first: a public name pointing at
-    an internal address is refused too. Returns the checked address to connect to (None when
-    private targets are allowed and nothing was checked)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeTarget("must be an http(s) URL with a host")
-    if settings.webhooks_allow_private:
-        return None
-    if parts.scheme != "https":
-        raise UnsafeTarget("must use https")
-    host = parts.hostname
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        resolver = make_resolver(settings)
-        addresses = []
-        for rtype in ("A", "AAAA"):
-            try:
-                answer = await resolver.resolve(host, rtype)
-            except dns.exception.DNSException:
-                continue
-            addresses += [r.address for r in answer]
-        if not addresses:
-            raise UnsafeTarget(f"{host} does not resolve") from None
-    if any(forbidden_address(a) for a in addresses):
-        raise UnsafeTarget(f"{host} points at a private or internal address")
-    return addresses[0]
-
-
-def pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
-    """(URL, extra headers, httpx extensions) to POST `url` to the checked `address` while TLS
-    still verifies the certificate against the host name (SNI). Connecting to the address that
-    was checked, rather than resolving again, closes the DNS-rebinding window."""
-    parts = urlsplit(url)
-    if address is None or parts.hostname is None:
-        return url, {}, {}
-    host = parts.hostname
-    literal = f"[{address}]" if ":" in address else address
-    netloc = literal + (f":{parts.port}" if parts.port else "")
-    host_header = host + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl(), {"host": host_header}, {"sni_hostname": host}
-
-
 def _lease(ctx: Context) -> float:
-    """A claimed delivery is not taken again for this long (its POST runs at most the timeout);
-    after a crash it is sent again once the lease has passed."""
+    """A claimed delivery is not taken again for this long (an attempt is bounded by the
+    timeout); after a crash it is sent again once the lease has passed."""
     return 2 * ctx.settings.webhook_timeout_seconds + 5.0
 
 
-def _body(delivery: webhooks.Delivery) -> bytes:
+def _body(delivery: Delivery) -> bytes:
     return json.dumps(
         {"id": str(delivery.id), **delivery.payload}, separators=(",", ":"), sort_keys=True
     ).encode()
 
 
-async def _post(
-    ctx: Context, client: httpx.AsyncClient, delivery: webhooks.Delivery
-) -> tuple[int | None, str | None]:
+async def _drain(response: httpx.Response, limit: int) -> None:
+    """Read at most `limit` bytes of the answer (only its status matters): a receiver cannot
+    make us hold a large body. A longer one is left unread and its connection closed."""
+    if limit <= 0:
+        return
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read >= limit:
+            break
+
+
+async def _post(ctx: Context, client: httpx.AsyncClient, delivery: Delivery) -> tuple[int | None, str | None]:
     try:
         address = await check_target(ctx.settings, delivery.url)
     except UnsafeTarget as exc:
@@ -128,10 +88,7 @@ async def _post(
     url, pin_headers, extensions = pinned(delivery.url, address)
     body = _body(delivery)
     timestamp = int(time.time())
-    secrets = [
-        ctx.master_key.open(s, context=f"webhook:{delivery.endpoint_id}").decode()
-        for s in delivery.secrets_sealed
-    ]
+    secrets = open_secrets(ctx.master_key, delivery.endpoint_id, delivery.secrets_sealed)
     headers = {
         "content-type": "application/json",
         "user-agent": "Remails-Webhooks/1",
@@ -141,7 +98,10 @@ async def _post(
         **pin_headers,
     }
     try:
-        response = await client.post(url, content=body, headers=headers, extensions=extensions)
+        async with client.stream(
+            "POST", url, content=body, headers=headers, extensions=extensions
+        ) as response:
+            await _drain(response, ctx.settings.webhook_response_max_bytes)
     except httpx.TimeoutException:
         return None, "timeout"
     except httpx.HTTPError as exc:
@@ -149,17 +109,25 @@ async def _post(
     return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
 
 
-async def _attempt(ctx: Context, client: httpx.AsyncClient, delivery: webhooks.Delivery) -> None:
+async def _attempt(ctx: Context, client: httpx.AsyncClient, delivery: Delivery) -> None:
     started = time.monotonic()
-    status, error = await _post(ctx, client, delivery)
+    try:
+        # The whole attempt (resolving, connecting, sending, reading) within the timeout:
+        # httpx bounds each read only, so a receiver trickling bytes would outlive the lease
+        # and the delivery would be sent twice.
+        async with asyncio.timeout(ctx.settings.webhook_timeout_seconds):
+            status, error = await _post(ctx, client, delivery)
+    except TimeoutError:
+        status, error = None, "timeout"
     latency = int((time.monotonic() - started) * 1000)
     delivered = status is not None and 200 <= status < 300
     delay = None
     if not delivered and should_retry(status):
         delay = next_delay(ctx.settings.webhook_retry_schedule, delivery.attempts)
-    enabled, why = await webhooks.finish_delivery(
+    finished = await webhook_deliveries.finish_delivery(
         ctx.pipeline,
         delivery.id,
+        delivery.lease_id,
         delivered=delivered,
         status_code=status,
         error=error,
@@ -177,16 +145,30 @@ async def _attempt(ctx: Context, client: httpx.AsyncClient, delivery: webhooks.D
         attempt=delivery.attempts,
         latency_ms=latency,
         delivered=delivered,
+        recorded=finished is not None,
     )
-    if not enabled:  # the organization sees it on the endpoint (enabled false, disabled_reason)
+    metrics.webhook_delivery(delivered, retrying=delay is not None)
+    if finished is None:  # claimed again, resent or dropped meanwhile: that one counts
+        log_event(logger, "webhook lease lost", webhook_id=delivery.id, endpoint_id=delivery.endpoint_id)
+    elif finished.disabled_now:
+        # the organization sees it on the endpoint (enabled false, disabled_reason) and a notification
         log_event(
-            logger, "webhook endpoint disabled", logging.WARNING, endpoint_id=delivery.endpoint_id, reason=why
+            logger,
+            "webhook endpoint disabled",
+            logging.WARNING,
+            endpoint_id=delivery.endpoint_id,
+            reason=finished.disabled_reason,
+            dropped=finished.dropped,
         )
+
+
+async def _claim(ctx: Context, message_id: UUID | None) -> list[Delivery]:
+    return await webhook_deliveries.claim_due(ctx.pipeline, message_id, BATCH, PER_ENDPOINT, _lease(ctx))
 
 
 async def send_due(ctx: Context, message_id: UUID | None, max_batches: int = 25) -> int:
     """Send the due deliveries (of one message, or all), a batch at a time; how many were tried."""
-    due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, _lease(ctx))
+    due = await _claim(ctx, message_id)
     if not due:
         return 0  # the common case on a tick: no client is built (building one costs milliseconds)
     tried = 0
@@ -196,7 +178,7 @@ async def send_due(ctx: Context, message_id: UUID | None, max_batches: int = 25)
         for _ in range(max_batches):
             await asyncio.gather(*(_attempt(ctx, client, d) for d in due))
             tried += len(due)
-            due = await webhooks.claim_due(ctx.pipeline, message_id, BATCH, _lease(ctx))
+            due = await _claim(ctx, message_id)
             if not due:
                 break
     return tried

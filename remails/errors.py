@@ -4,6 +4,7 @@ RemailsError
  ├── Refusal              a request we decline, with its reply to the peer
  │    ├── AuthRequired, SenderDomainNotAllowed, OrganizationBlocked, QuotaExhausted,
  │    ├── TooManyRecipients, MessageTooLarge, BareLineEnding, NotFound, ...
+ │    └── InvalidInput ── UnsafeTarget (a webhook URL that would reach an internal address)
  └── TemporaryFailure     something on our side failed; the peer should retry (451 4.3.0)
 """
 
@@ -15,6 +16,7 @@ __all__ = [
     "AuthRequired",
     "BareLineEnding",
     "Conflict",
+    "DomainTaken",
     "Forbidden",
     "InvalidInput",
     "MessageTooLarge",
@@ -29,6 +31,7 @@ __all__ = [
     "SenderDomainNotAllowed",
     "TemporaryFailure",
     "TooManyRecipients",
+    "UnsafeTarget",
 ]
 
 
@@ -81,6 +84,15 @@ class InvalidInput(Refusal):
     http_status, error_code = 422, "invalid"
 
 
+class UnsafeTarget(InvalidInput):
+    """A webhook URL that is not https or would make us call an internal address."""
+
+    error_code = "unsafe_target"
+
+    def __init__(self, message: str, *, field: str | None = "url") -> None:
+        super().__init__(message, field=field)
+
+
 class AuthRequired(Refusal):
     smtp = Reply(530, "5.7.0", "Authentication required")
     http_status, error_code = 401, "unauthenticated"
@@ -99,6 +111,12 @@ class NotFound(Refusal):
 class Conflict(Refusal):
     smtp = Reply(550, "5.7.1", "Conflict")
     http_status, error_code = 409, "conflict"
+
+
+class DomainTaken(Conflict):
+    """The domain is verified by another organization (which one is never said)."""
+
+    error_code = "domain_taken"
 
 
 class SenderDomainNotAllowed(Refusal):

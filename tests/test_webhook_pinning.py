@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trustme
 
-from functions.webhooks import pinned
+from remails.webhook_targets import pinned
 
 
 def test_pinned_rewrites_the_address_and_keeps_the_name() -> None:
@@ -34,7 +34,7 @@ async def test_a_pinned_post_reaches_the_address_and_verifies_the_certificate(ca
     def sni(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
         seen["sni"] = name or ""
 
-    server_context.sni_callback = sni  # type: ignore[assignment]
+    server_context.sni_callback = sni
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

@@ -7,25 +7,27 @@ import asyncio
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from functions.api.auth import Caller, Ctx, Principal
 from functions.api.organizations import organization_of, project_of
-from functions.webhooks import UnsafeTarget, check_target, send_due
+from functions.webhooks import send_due
+from remails import webhook_endpoints
 from remails.context import Context
-from remails.db import webhooks
-from remails.errors import InvalidInput, NotFound
+from remails.db import notifications, webhook_deliveries
+from remails.db import webhook_endpoints as endpoints_db
+from remails.db.webhook_endpoints import Endpoint
+from remails.errors import Conflict, NotFound
 from remails.text import ClientInput
 from remails.types import WebhookEventType
-from remails.webhook_signing import generate_webhook_secret
+from remails.webhook_targets import check_target
 
 router = APIRouter(tags=["webhooks"])
 
 WebhookEvent = WebhookEventType
-ROTATION_GRACE_SECONDS = 24 * 3600
 _background: set[asyncio.Task[int]] = set()
 
 
@@ -85,44 +87,29 @@ class NotificationOut(BaseModel):
     created_at: datetime
 
 
-def _out(endpoint: webhooks.Endpoint) -> dict[str, Any]:
+def _out(endpoint: Endpoint) -> dict[str, Any]:
     data = asdict(endpoint)
     data.pop("organization_id")
     return data
 
 
-def _seal(ctx: Context, endpoint_id: UUID, secret: str) -> bytes:
-    return ctx.master_key.seal(secret.encode(), context=f"webhook:{endpoint_id}")
-
-
-async def _endpoint_of(ctx: Context, caller: Principal, webhook_id: UUID, role: str) -> webhooks.Endpoint:
-    endpoint = await webhooks.get_endpoint(ctx.pool, webhook_id)
+async def _endpoint_of(ctx: Context, caller: Principal, webhook_id: UUID, role: str) -> Endpoint:
+    endpoint = await endpoints_db.get_endpoint(ctx.pool, webhook_id)
     if endpoint is None:
         raise NotFound("no such webhook")
     caller.require(endpoint.organization_id, role, endpoint.project_id)
     return endpoint
 
 
-async def _safe_url(ctx: Context, url: str) -> None:
-    try:
-        await check_target(ctx.settings, url)
-    except UnsafeTarget as exc:
-        raise InvalidInput(str(exc), field="url") from None
+def _disabled() -> Conflict:
+    return Conflict("the webhook endpoint is disabled; enable it first (PATCH enabled: true)")
 
 
 @router.post("/v1/projects/{project_id}/webhooks", status_code=201, response_model=WebhookCreated)
 async def create_webhook(project_id: UUID, body: WebhookCreate, ctx: Ctx, caller: Caller) -> WebhookCreated:
     await project_of(ctx, caller, project_id, "admin")
-    await _safe_url(ctx, body.url)
-    secret = generate_webhook_secret()
-    endpoint_id = uuid4()  # chosen here: the sealed secret is bound to the endpoint's id
-    endpoint = await webhooks.create_endpoint(
-        ctx.pool,
-        endpoint_id,
-        project_id,
-        body.url,
-        [str(e) for e in body.events],
-        _seal(ctx, endpoint_id, secret),
+    endpoint, secret = await webhook_endpoints.create_endpoint(
+        ctx.pool, ctx.settings, ctx.master_key, project_id, body.url, [str(e) for e in body.events]
     )
     return WebhookCreated(**_out(endpoint), secret=secret)
 
@@ -130,7 +117,7 @@ async def create_webhook(project_id: UUID, body: WebhookCreate, ctx: Ctx, caller
 @router.get("/v1/projects/{project_id}/webhooks", response_model=list[WebhookOut])
 async def list_webhooks(project_id: UUID, ctx: Ctx, caller: Caller) -> list[WebhookOut]:
     await project_of(ctx, caller, project_id)
-    return [WebhookOut(**_out(e)) for e in await webhooks.list_endpoints(ctx.pool, project_id)]
+    return [WebhookOut(**_out(e)) for e in await endpoints_db.list_endpoints(ctx.pool, project_id)]
 
 
 @router.get("/v1/webhooks/{webhook_id}", response_model=WebhookOut)
@@ -142,9 +129,9 @@ async def get_webhook(webhook_id: UUID, ctx: Ctx, caller: Caller) -> WebhookOut:
 async def update_webhook(webhook_id: UUID, body: WebhookUpdate, ctx: Ctx, caller: Caller) -> WebhookOut:
     await _endpoint_of(ctx, caller, webhook_id, "admin")
     if body.url is not None:
-        await _safe_url(ctx, body.url)
+        await check_target(ctx.settings, body.url)
     events = [str(e) for e in body.events] if body.events is not None else None
-    endpoint = await webhooks.update_endpoint(
+    endpoint = await endpoints_db.update_endpoint(
         ctx.pool, webhook_id, url=body.url, events=events, enabled=body.enabled
     )
     if endpoint is None:
@@ -155,15 +142,16 @@ async def update_webhook(webhook_id: UUID, body: WebhookUpdate, ctx: Ctx, caller
 @router.delete("/v1/webhooks/{webhook_id}", status_code=204, response_class=Response)
 async def delete_webhook(webhook_id: UUID, ctx: Ctx, caller: Caller) -> Response:
     await _endpoint_of(ctx, caller, webhook_id, "admin")
-    await webhooks.delete_endpoint(ctx.pool, webhook_id)
+    await endpoints_db.delete_endpoint(ctx.pool, webhook_id)
     return Response(status_code=204)
 
 
 @router.post("/v1/webhooks/{webhook_id}/rotate-secret", response_model=SecretRotated)
 async def rotate_secret(webhook_id: UUID, ctx: Ctx, caller: Caller) -> SecretRotated:
     await _endpoint_of(ctx, caller, webhook_id, "admin")
-    secret = generate_webhook_secret()
-    await webhooks.rotate_secret(ctx.pool, webhook_id, _seal(ctx, webhook_id, secret), ROTATION_GRACE_SECONDS)
+    secret = await webhook_endpoints.rotate_secret(ctx.pool, ctx.master_key, webhook_id)
+    if secret is None:
+        raise NotFound("no such webhook")
     return SecretRotated(secret=secret)
 
 
@@ -172,7 +160,7 @@ async def list_deliveries(
     webhook_id: UUID, ctx: Ctx, caller: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> list[DeliveryOut]:
     await _endpoint_of(ctx, caller, webhook_id, "read_only")
-    return [DeliveryOut(**d) for d in await webhooks.list_deliveries(ctx.pool, webhook_id, limit)]
+    return [DeliveryOut(**d) for d in await webhook_deliveries.list_deliveries(ctx.pool, webhook_id, limit)]
 
 
 def _send_soon(ctx: Context) -> None:
@@ -185,9 +173,14 @@ def _send_soon(ctx: Context) -> None:
     "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/resend", status_code=202, response_class=Response
 )
 async def resend_delivery(webhook_id: UUID, delivery_id: UUID, ctx: Ctx, caller: Caller) -> Response:
-    await _endpoint_of(ctx, caller, webhook_id, "maintainer")
-    if not await webhooks.resend(ctx.pool, webhook_id, delivery_id):
+    endpoint = await _endpoint_of(ctx, caller, webhook_id, "maintainer")
+    if not endpoint.enabled:
+        raise _disabled()
+    outcome = await webhook_deliveries.resend(ctx.pool, webhook_id, delivery_id)
+    if outcome == "not_found":
         raise NotFound("no such delivery")
+    if outcome == "busy":  # disabled meanwhile, or an attempt is in flight
+        raise Conflict("the delivery is being sent, or the endpoint was disabled; try again later")
     _send_soon(ctx)
     return Response(status_code=202)
 
@@ -195,12 +188,16 @@ async def resend_delivery(webhook_id: UUID, delivery_id: UUID, ctx: Ctx, caller:
 @router.post("/v1/webhooks/{webhook_id}/test", status_code=202, response_model=TestSent)
 async def send_test(webhook_id: UUID, ctx: Ctx, caller: Caller) -> TestSent:
     endpoint = await _endpoint_of(ctx, caller, webhook_id, "maintainer")
+    if not endpoint.enabled:
+        raise _disabled()
     payload = {
         "type": "webhook.test",
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "data": {"project_id": str(endpoint.project_id), "message": "a test event from Remails"},
     }
-    delivery_id = await webhooks.enqueue_test(ctx.pool, webhook_id, payload)
+    delivery_id = await webhook_deliveries.enqueue_test(ctx.pool, webhook_id, payload)
+    if delivery_id is None:  # disabled (or deleted) since it was read
+        raise _disabled()
     _send_soon(ctx)
     return TestSent(delivery_id=delivery_id)
 
@@ -213,4 +210,4 @@ async def list_notifications(
 ) -> list[NotificationOut]:
     """What the organization must know about, newest first (for instance a disabled webhook)."""
     await organization_of(ctx, caller, org_id)
-    return [NotificationOut(**n) for n in await webhooks.list_notifications(ctx.pool, org_id, limit)]
+    return [NotificationOut(**n) for n in await notifications.list_notifications(ctx.pool, org_id, limit)]

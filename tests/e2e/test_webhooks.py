@@ -146,14 +146,14 @@ async def test_killed_after_the_status_change_the_webhook_still_arrives(
     await world.sink("dest.test", "127.0.0.10")
     receiver.hang = True  # the first POST never gets an answer: the runtime dies waiting
     settings = {"webhooks_allow_private": True, "webhook_timeout_seconds": 1.0}
-    runtime = await world.runtime(**settings)
+    runtime = await world.spawn(**settings)  # a process, so that the crash is a real SIGKILL
     tenant = await world.tenant(runtime, "example.test")
     endpoint, _ = await _endpoint(runtime, tenant, receiver.url, ["message.delivered"])
     message_id = await world.submit(runtime, tenant, ["ok@dest.test"])
     assert runtime.db is not None
     pool = runtime.db.pool
     await wait_until(lambda: _status_is(pool, message_id, "delivered"))
-    await world.crash(runtime)  # like SIGKILL: nothing is flushed or finished
+    await world.crash(runtime)  # SIGKILL: nothing is flushed or finished
     receiver.hang = False
     await world.runtime(**settings)
     await wait_until(lambda: any(c.answered == 200 for c in receiver.calls), bound=20)
@@ -182,6 +182,7 @@ async def test_private_addresses_are_refused_unless_allowed(world: World) -> Non
             "https://127.0.0.1/hook",
             "https://169.254.169.254/latest",
             "https://[::1]/hook",
+            "https://[2002:7f00:1::1]/hook",  # 6to4 of 127.0.0.1
             "https://internal.example.test/hook",
             "ftp://example.test/x",
         ]:
@@ -238,6 +239,8 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_the_organization_tol
         await wait_until(disabled, bound=20)
         shown = (await c.get(f"/v1/webhooks/{endpoint['id']}")).json()
         notices = (await c.get(f"/v1/organizations/{tenant.org_id}/notifications")).json()
+        [delivery] = (await c.get(f"/v1/webhooks/{endpoint['id']}/deliveries")).json()
     assert shown["disabled_reason"].startswith("failing continuously since")
+    assert delivery["status"] == "dropped" and delivery["finished_at"] is not None
     assert [(n["kind"], n["subject_id"]) for n in notices] == [("webhook_endpoint_disabled", endpoint["id"])]
     assert receiver.url in notices[0]["message"]
