@@ -1,12 +1,14 @@
 """quota: count the message against its organization's monthly quota, atomically.
 
-message.validated → message.admitted | message.held (kept, re-driven when quota returns)
+message.validated → message.admitted | message.held (kept, re-driven when quota returns or a
+block is lifted)
 """
 
 from __future__ import annotations
 
 from cloudevents.http import CloudEvent
 
+from functions.moderation import held_if_blocked
 from remails.context import Context
 from remails.db import pipeline
 from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
@@ -20,7 +22,7 @@ async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     data = event_data(event, MessageEvent)
     result = await pipeline.admit(ctx.pipeline, data.message_id)
     if result is None:
-        return None
+        return await held_if_blocked(ctx, data, "validated")
     status, queued = result
     if status == "admitted":
         return make_event(EventType.MESSAGE_ADMITTED, data)

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
+from functions.moderation import held_if_blocked
 from remails.context import Context
 from remails.db import pipeline
 from remails.events import EventType, MessageEvent, MessageRouted, event_data, make_event
@@ -44,9 +45,12 @@ async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         return None
     ip = choose_egress(message.live_ips, data.message_id, message.attempts)
     if ip is None:
+        held = await held_if_blocked(ctx, data, "admitted")
+        if held is not None:
+            return held
         # Stays admitted; the sweep routes it again once a sender node is back.
         log_event(logger, "no live egress source", logging.WARNING, message_id=data.message_id)
         return None
     if not await pipeline.set_route(ctx.pipeline, data.message_id, ip):
-        return None
+        return await held_if_blocked(ctx, data, "admitted")
     return make_event(EventType.MESSAGE_ROUTED, MessageRouted(**data.model_dump(), outbound_ip=ip))

@@ -6,17 +6,17 @@ message.received → message.validated | message.rejected
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
 
 from cloudevents.http import CloudEvent
 
+from functions.moderation import held_if_blocked
+from remails import metrics
 from remails.context import Context
 from remails.db import pipeline
 from remails.domain_records import is_same_or_subdomain
 from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
 from remails.message_headers import header_block
+from remails.sending_policy import from_addresses
 
 __all__ = ["FILTERS", "Validation", "decide", "handle"]
 
@@ -34,23 +34,6 @@ def _verified_parent(domain: str, verified: list[str]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def _from_addresses(headers: bytes) -> list[Address] | str:
-    """The From addresses, or the reason they cannot be read."""
-    try:
-        parsed = BytesHeaderParser(policy=default_policy).parsebytes(headers + b"\r\n\r\n")
-        from_header = parsed.get_all("From")
-    except Exception as exc:  # the header parser is strict about structure only
-        return f"unreadable header: {type(exc).__name__}"
-    if not from_header:
-        return "message has no From header"
-    if len(from_header) > 1:
-        return "message has more than one From header"
-    addresses = list(getattr(from_header[0], "addresses", ()))
-    if not addresses or any(not a.domain for a in addresses):
-        return "From header has no valid address"
-    return addresses
-
-
 def decide(
     headers: bytes,
     mail_from: str,
@@ -58,13 +41,14 @@ def decide(
     recipients: list[str],
     suppressed: set[str],
 ) -> Validation:
-    """Reject unless every From address and the envelope sender sit under one verified domain
-    of the project (DMARC-style alignment, dot boundary); list the suppressed recipients."""
+    """Reject unless every address of the one From field (read from the whole header block)
+    and the envelope sender sit under one verified domain of the project (DMARC-style
+    alignment, dot boundary); list the suppressed recipients."""
     envelope_domain = mail_from.rpartition("@")[2].lower()
     envelope_parent = _verified_parent(envelope_domain, verified_domains)
     if envelope_parent is None:
         return Validation(f"envelope sender domain {envelope_domain} is not verified for this project", [])
-    addresses = _from_addresses(headers)
+    addresses = from_addresses(headers)
     if isinstance(addresses, str):
         return Validation(addresses, [])
     for address in addresses:
@@ -96,8 +80,9 @@ async def handle(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         ctx.pipeline, data.message_id, decision.suppressed, decision.reject_reason
     )
     if queued is None:
-        return None
+        return await held_if_blocked(ctx, data, "received")
     if decision.reject_reason is not None:
+        metrics.finished("rejected")
         outcome = MessageOutcome(
             **data.model_dump(), status="rejected", reason=decision.reject_reason, webhooks=queued
         )

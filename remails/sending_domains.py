@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import dns.asyncresolver
 
 from remails.crypto import MasterKey, generate_dkim_key
-from remails.db import domains
+from remails.db import Pool, domains
 from remails.dns import txt_records
 from remails.domain_records import DnsRecord, check_records, expected_records
 from remails.errors import InvalidInput
@@ -52,7 +51,7 @@ def domain_view(domain: domains.Domain, outbound_ips: list[str]) -> dict[str, An
 
 
 async def add_sending_domain(
-    pool: asyncpg.Pool,
+    pool: Pool,
     master_key: MasterKey,
     org_id: UUID,
     project_ids: list[UUID],
@@ -62,16 +61,12 @@ async def add_sending_domain(
     key = await asyncio.to_thread(generate_dkim_key)
     selector = "rm" + datetime.now(UTC).strftime("%Y%m")
     sealed = master_key.seal(key.private_pem, context=domain_name)
-    try:
-        return await domains.add_domain(
-            pool, org_id, project_ids, domain_name, selector, sealed, key.public_b64
-        )
-    except asyncpg.UniqueViolationError:
-        raise InvalidInput(f"{domain_name} is already registered", field="domain") from None
+    # A claim only: it blocks nobody until verified (DomainTaken if someone else verified it).
+    return await domains.add_domain(pool, org_id, project_ids, domain_name, selector, sealed, key.public_b64)
 
 
 async def verify_sending_domain(
-    pool: asyncpg.Pool,
+    pool: Pool,
     resolver: dns.asyncresolver.Resolver,
     domain: domains.Domain,
     outbound_ips: list[str],

@@ -1,15 +1,18 @@
 """Who is calling: `Authorization: Bearer <token>` → a principal with an organization and role.
 
 Roles are ordered read_only < maintainer < admin within one organization; the operator's
-super-admin token (no organization) may do everything. A resource of another organization is
-answered 404, never 403, so its existence does not leak.
+super-admin token (no organization) may do everything. Scope is decided in one place,
+`Principal.require`: a resource of another organization — or, for a project-scoped key,
+anything outside its project, including everything organization-wide — is answered 404,
+never 403, so its existence does not leak.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, Request
@@ -20,10 +23,20 @@ from remails.db.credentials import authenticate_api_key
 from remails.errors import AuthRequired, Forbidden, NotFound, RateLimited
 from remails.rate_limit import TokenBuckets
 
-__all__ = ["Caller", "Ctx", "Principal", "authenticate", "get_ctx", "principal_for"]
+__all__ = ["OPERATOR_ONLY", "Caller", "Ctx", "Principal", "authenticate", "get_ctx", "principal_for"]
 
 _RANK = {"read_only": 0, "maintainer": 1, "admin": 2}
 _bearer = HTTPBearer(auto_error=False, description="an API key token, or the operator's admin token")
+
+# OpenAPI extension on routes only the operator's token may use (others get 403); the
+# cross-tenant test reads it, so such a route must say so.
+OPERATOR_ONLY: dict[str, Any] = {"x-remails-operator-only": True}
+
+
+def _projects(project: UUID | Iterable[UUID] | None) -> frozenset[UUID] | None:
+    if project is None:
+        return None
+    return frozenset([project]) if isinstance(project, UUID) else frozenset(project)
 
 
 @dataclass(frozen=True)
@@ -41,17 +54,37 @@ class Principal:
         if not self.super_admin:
             raise Forbidden("only the operator's admin token may do this")
 
-    def require(self, org_id: UUID, role: str = "read_only", project_id: UUID | None = None) -> None:
-        """Raise NotFound for another organization's (or project's) resource, Forbidden for a role
-        too low within one's own."""
+    def sees(self, org_id: UUID, project: UUID | Iterable[UUID] | None = None) -> bool:
+        """May this caller see a resource of `org_id` belonging to `project` (one project, the
+        projects it is attached to, or None: the organization as a whole)?"""
+        if self.super_admin:
+            return True
+        if org_id != self.organization_id:
+            return False
+        if self.project_id is None:
+            return True
+        projects = _projects(project)
+        return projects is not None and self.project_id in projects
+
+    def require(
+        self, org_id: UUID, role: str = "read_only", project: UUID | Iterable[UUID] | None = None
+    ) -> None:
+        """Raise NotFound for a resource the caller may not see (another organization's; for a
+        project-scoped key, another project's or an organization-wide one), Forbidden for a
+        role too low. A project-scoped key changes a resource only when it belongs to its
+        project alone (a domain shared with other projects is theirs too)."""
         if self.super_admin:
             return
-        if org_id != self.organization_id:
-            raise NotFound()
-        if self.project_id is not None and project_id is not None and project_id != self.project_id:
+        if not self.sees(org_id, project):
             raise NotFound()
         if _RANK[self.role] < _RANK[role]:
             raise Forbidden(f"this needs the {role} role")
+        if (
+            self.project_id is not None
+            and role != "read_only"
+            and _projects(project) != frozenset([self.project_id])
+        ):
+            raise Forbidden("this is shared with other projects; use an organization-wide key")
 
 
 def get_ctx(request: Request) -> Context:
@@ -59,14 +92,31 @@ def get_ctx(request: Request) -> Context:
     return ctx
 
 
-async def principal_for(ctx: Context, buckets: TokenBuckets, authorization: str | None) -> Principal:
-    """Shared by the management API and the standalone send function."""
+async def principal_for(
+    ctx: Context,
+    buckets: TokenBuckets,
+    authorization: str | None,
+    *,
+    client: str | None = None,
+    failures: TokenBuckets | None = None,
+) -> Principal:
+    """Shared by the management API and the standalone send function. With `failures`, each
+    lookup takes a token of the client address's bucket *before* the await (so concurrent
+    guesses cannot all pass) and a good token gives it back: failed lookups are rate limited
+    per client address, 429 above the rate."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthRequired("missing bearer token")
+    attempt = f"ip:{client}" if failures is not None and client else None
+    if failures is not None and attempt is not None:
+        wait = failures.take(attempt, time.monotonic())
+        if wait:
+            raise RateLimited(wait)
     key = await authenticate_api_key(ctx.pool, token.strip())
     if key is None:
         raise AuthRequired("invalid token")
+    if failures is not None and attempt is not None:
+        failures.refund(attempt)
     principal = Principal(key.id, key.organization_id, key.role, key.project_id)
     if not principal.super_admin:
         wait = buckets.take(str(principal.organization_id), time.monotonic())
@@ -79,7 +129,15 @@ async def authenticate(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     header = f"Bearer {credentials.credentials}" if credentials else None
-    return await principal_for(get_ctx(request), request.app.state.rate_limits, header)
+    ctx = get_ctx(request)
+    failures = getattr(request.app.state, "auth_failures", None)
+    if failures is None:
+        failures = TokenBuckets(
+            ctx.settings.api_auth_failure_rate_per_second, ctx.settings.api_auth_failure_burst
+        )
+        request.app.state.auth_failures = failures
+    client = request.client.host if request.client else None
+    return await principal_for(ctx, request.app.state.rate_limits, header, client=client, failures=failures)
 
 
 Ctx = Annotated[Context, Depends(get_ctx)]

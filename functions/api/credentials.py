@@ -55,10 +55,11 @@ async def delete_smtp_credential(credential_id: UUID, ctx: Ctx, caller: Caller) 
 
 @router.post("/v1/organizations/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(org_id: UUID, body: ApiKeyCreate, ctx: Ctx, caller: Caller) -> ApiKeyCreated:
-    await organization_of(ctx, caller, org_id, "admin")
-    if caller.project_id is not None and body.project_id != caller.project_id:
-        raise NotFound("no such project", field="project_id")  # a project key makes keys for its project only
-    if body.project_id is not None:
+    """An organization-wide key, or one limited to `project_id` (all a project-scoped key may make)."""
+    if body.project_id is None:
+        await organization_of(ctx, caller, org_id, "admin")
+    else:
+        caller.require(org_id, "admin", body.project_id)
         project = await project_of(ctx, caller, body.project_id, "admin")
         if project.organization_id != org_id:
             raise NotFound("no such project", field="project_id")

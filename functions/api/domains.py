@@ -30,18 +30,17 @@ async def _domain_of(
     domain = await domains.get_domain(ctx.pool, domain_id)
     if domain is None:
         raise NotFound("no such domain")
-    caller.require(domain.organization_id, role)
+    caller.require(domain.organization_id, role, await domains.project_ids_of_domain(ctx.pool, domain.id))
     return domain
 
 
 @router.post("/v1/organizations/{org_id}/domains", status_code=201, response_model=DomainOut)
 async def add_domain(org_id: UUID, body: DomainCreate, ctx: Ctx, caller: Caller) -> DomainOut:
-    await organization_of(ctx, caller, org_id, "admin")
+    caller.require(org_id, "admin", body.project_ids)  # a project key adds for its project only
     for project_id in body.project_ids:
         project = await orgs.get_project(ctx.pool, project_id)
         if project is None or project.organization_id != org_id:
             raise NotFound(f"no project {project_id} in this organization", field="project_ids")
-        caller.require(org_id, "admin", project_id)
     domain = await add_sending_domain(
         ctx.pool, ctx.master_key, org_id, list(dict.fromkeys(body.project_ids)), body.domain
     )

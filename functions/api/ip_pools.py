@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from functions.api.auth import Caller, Ctx
+from functions.api.auth import OPERATOR_ONLY, Caller, Ctx
 from functions.api.models import IpPoolCreate, IpPoolOut
 from remails.db import egress
 from remails.errors import InvalidInput
@@ -15,7 +15,7 @@ from remails.errors import InvalidInput
 router = APIRouter(tags=["ip pools"])
 
 
-@router.post("/v1/ip-pools", status_code=201, response_model=IpPoolOut)
+@router.post("/v1/ip-pools", status_code=201, response_model=IpPoolOut, openapi_extra=OPERATOR_ONLY)
 async def create_ip_pool(body: IpPoolCreate, ctx: Ctx, caller: Caller) -> IpPoolOut:
     caller.require_super_admin()
     for i, ip in enumerate(body.ips):
@@ -28,7 +28,7 @@ async def create_ip_pool(body: IpPoolCreate, ctx: Ctx, caller: Caller) -> IpPool
     )
 
 
-@router.get("/v1/ip-pools", response_model=list[IpPoolOut])
+@router.get("/v1/ip-pools", response_model=list[IpPoolOut], openapi_extra=OPERATOR_ONLY)
 async def list_ip_pools(ctx: Ctx, caller: Caller) -> list[IpPoolOut]:
     caller.require_super_admin()
     return [IpPoolOut(**asdict(p)) for p in await egress.list_ip_pools(ctx.pool)]

@@ -15,13 +15,27 @@ from functions.api.models import MessageAccepted, MessageDetail, MessagePage, Ra
 from functions.api.organizations import project_of
 from functions.compose import SendRequest
 from functions.send import request_digest, send_message, send_raw
-from remails.db import messages
+from remails.db import messages, orgs
 from remails.errors import Conflict, InvalidInput, NotFound
 from remails.events import EventType, MessageEvent, make_event
 from remails.text import NO_NUL
 from remails.types import MessageStatus
 
 router = APIRouter(tags=["messages"])
+
+
+class OrganizationBlockedConflict(Conflict):
+    """A blocked organization's message is held, not retried (the block must be lifted)."""
+
+    error_code = "organization_blocked"
+
+
+# The event that moves a message on from the state a retry leaves it in.
+_RESUMED_BY = {
+    "received": EventType.MESSAGE_RECEIVED,
+    "validated": EventType.MESSAGE_VALIDATED,
+    "admitted": EventType.MESSAGE_ADMITTED,
+}
 
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", max_length=255, pattern=r"^[\x21-\x7e]+$")
@@ -97,10 +111,10 @@ async def list_messages(
     org_id = organization_id or caller.organization_id
     if org_id is None:
         raise InvalidInput("the operator's token must name an organization", field="organization_id")
+    project_id = project_id or caller.project_id
     caller.require(org_id, "read_only", project_id)
     if project_id is not None and (await project_of(ctx, caller, project_id)).organization_id != org_id:
         raise NotFound("no such project")
-    project_id = project_id or caller.project_id
     f = messages.MessageFilter(org_id, project_id, status, label, recipient, created_after, created_before)
     rows = await messages.list_messages(
         ctx.pool, f, before=_parse_cursor(cursor) if cursor else None, limit=limit + 1
@@ -126,15 +140,19 @@ async def get_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageDeta
 
 @router.post("/v1/messages/{message_id}/retry", status_code=202, response_model=MessageAccepted)
 async def retry_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageAccepted:
-    """Try again: deferred, bounced, failed or held messages; delivered ones cannot be retried."""
+    """Try again: deferred, bounced, failed or held messages; delivered ones cannot be retried,
+    and nothing of a blocked organization (409 `organization_blocked`)."""
     detail = await _detail(ctx, caller, message_id)
     caller.require(detail["organization_id"], "maintainer", detail["project_id"])
+    org = await orgs.get_organization(ctx.pool, detail["organization_id"])
+    if org is None or org.block_status != "not_blocked":
+        raise OrganizationBlockedConflict("sending is blocked for this organization")
     moved = await messages.retry_message(
         ctx.pool, message_id, detail["organization_id"], ctx.settings.message_lifetime_seconds
     )
     if moved is None:
         raise Conflict(f"a {detail['status']} message cannot be retried")
-    event_type = EventType.MESSAGE_VALIDATED if moved["status"] == "validated" else EventType.MESSAGE_ADMITTED
+    event_type = _RESUMED_BY[moved["status"]]
     data = MessageEvent(
         message_id=message_id, organization_id=moved["organization_id"], project_id=moved["project_id"]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -9,7 +10,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from functions.api.auth import Caller, Ctx, Principal
+from functions.api.auth import OPERATOR_ONLY, Caller, Ctx, Principal
 from functions.api.models import (
     IpPoolAssign,
     OrganizationCreate,
@@ -23,8 +24,11 @@ from functions.api.models import (
 from remails.context import Context
 from remails.db import egress, messages, orgs
 from remails.errors import NotFound
+from remails.events import EventType, MessageEvent, make_event
+from remails.log import log_event
 
 router = APIRouter(tags=["organizations"])
+logger = logging.getLogger("remails.api")
 
 
 async def project_of(
@@ -41,6 +45,7 @@ async def project_of(
 async def organization_of(
     ctx: Context, caller: Principal, org_id: UUID, role: str = "read_only"
 ) -> orgs.Organization:
+    """The organization as a whole: a project-scoped key gets NotFound, like another tenant."""
     caller.require(org_id, role)
     org = await orgs.get_organization(ctx.pool, org_id)
     if org is None:
@@ -48,7 +53,9 @@ async def organization_of(
     return org
 
 
-@router.post("/v1/organizations", status_code=201, response_model=OrganizationOut)
+@router.post(
+    "/v1/organizations", status_code=201, response_model=OrganizationOut, openapi_extra=OPERATOR_ONLY
+)
 async def create_organization(body: OrganizationCreate, ctx: Ctx, caller: Caller) -> OrganizationOut:
     caller.require_super_admin()
     org = await orgs.create_organization(ctx.pool, body.name, body.monthly_quota)
@@ -58,7 +65,7 @@ async def create_organization(body: OrganizationCreate, ctx: Ctx, caller: Caller
 @router.get("/v1/organizations", response_model=list[OrganizationOut])
 async def list_organizations(ctx: Ctx, caller: Caller) -> list[OrganizationOut]:
     found = await orgs.list_organizations(ctx.pool, caller.organization_id)
-    return [OrganizationOut(**asdict(o)) for o in found]
+    return [OrganizationOut(**asdict(o)) for o in found if caller.sees(o.id)]
 
 
 @router.get("/v1/organizations/{org_id}", response_model=OrganizationOut)
@@ -78,10 +85,35 @@ async def update_organization(
     )
     if org is None:
         raise NotFound("no such organization")
+    if body.block_status == "not_blocked":
+        await _resume_released(ctx, org_id)
     return OrganizationOut(**asdict(org))
 
 
-@router.put("/v1/organizations/{org_id}/ip-pool", response_model=OrganizationOut)
+_RESUME_EVENTS = {
+    "received": EventType.MESSAGE_RECEIVED,
+    "validated": EventType.MESSAGE_VALIDATED,
+    "admitted": EventType.MESSAGE_ADMITTED,
+}
+RELEASE_BATCH = 1000
+
+
+async def _resume_released(ctx: Context, org_id: UUID) -> None:
+    """Lifting a block resumes the messages it held, each where it stopped; whatever is beyond
+    this batch (or whose event is lost) the sweep resumes."""
+    for row in await messages.release_unblocked(ctx.pool, org_id, RELEASE_BATCH):
+        data = MessageEvent(
+            message_id=row["id"], organization_id=row["organization_id"], project_id=row["project_id"]
+        )
+        try:
+            await ctx.publisher.publish(make_event(_RESUME_EVENTS[row["status"]], data))
+        except Exception as exc:  # moved already; the sweep re-emits what this missed
+            log_event(
+                logger, "publish failed", logging.WARNING, message_id=row["id"], error=type(exc).__name__
+            )
+
+
+@router.put("/v1/organizations/{org_id}/ip-pool", response_model=OrganizationOut, openapi_extra=OPERATOR_ONLY)
 async def assign_ip_pool(org_id: UUID, body: IpPoolAssign, ctx: Ctx, caller: Caller) -> OrganizationOut:
     caller.require_super_admin()
     await organization_of(ctx, caller, org_id)
@@ -106,8 +138,6 @@ async def statistics(
 )
 async def create_project(org_id: UUID, body: ProjectCreate, ctx: Ctx, caller: Caller) -> ProjectOut:
     await organization_of(ctx, caller, org_id, "admin")
-    if caller.project_id is not None:
-        raise NotFound("no such organization")  # a project-scoped key sees only its project
     project = await orgs.create_project(ctx.pool, org_id, body.name, body.retention_days)
     return ProjectOut(**asdict(project))
 
@@ -116,7 +146,7 @@ async def create_project(org_id: UUID, body: ProjectCreate, ctx: Ctx, caller: Ca
 async def list_projects(org_id: UUID, ctx: Ctx, caller: Caller) -> list[ProjectOut]:
     await organization_of(ctx, caller, org_id)
     found = await orgs.list_projects(ctx.pool, org_id)
-    return [ProjectOut(**asdict(p)) for p in found if caller.project_id in (None, p.id)]
+    return [ProjectOut(**asdict(p)) for p in found]
 
 
 @router.get("/v1/projects/{project_id}", response_model=ProjectOut, tags=["projects"])

@@ -1,4 +1,9 @@
-"""Sending domains: their DKIM keys (sealed), projects and verification state."""
+"""Sending domains: their DKIM keys (sealed), projects and verification state.
+
+A domain row is an organization's claim on a name. Claims are free — several organizations
+may hold an unverified one — but at most one per name is verified (a partial unique index),
+so the first to prove control owns it and the others get DomainTaken.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from remails.db.rows import Executor, required
+from remails.errors import Conflict, DomainTaken
 
 __all__ = [
     "DkimSigningKey",
@@ -47,6 +53,15 @@ class DkimSigningKey:
 _COLUMNS = "id, organization_id, name, dkim_selector, dkim_public_key, verified_at, verification, created_at"
 
 
+# add_domain: the claim, unless another organization has verified the name already.
+_ADD = f"""
+INSERT INTO domains (organization_id, name, dkim_selector, dkim_private_sealed, dkim_public_key)
+SELECT $1, $2, $3, $4, $5
+ WHERE NOT EXISTS (SELECT 1 FROM domains WHERE name = $2 AND verified_at IS NOT NULL)
+RETURNING {_COLUMNS}
+"""
+
+
 async def add_domain(
     pool: asyncpg.Pool,
     org_id: UUID,
@@ -56,18 +71,15 @@ async def add_domain(
     private_sealed: bytes,
     public_key: str,
 ) -> Domain:
+    """A new claim; DomainTaken when another organization has verified the name, Conflict when
+    this organization already claims it."""
     async with pool.acquire() as conn, conn.transaction():
-        row = required(
-            await conn.fetchrow(
-                "INSERT INTO domains (organization_id, name, dkim_selector, dkim_private_sealed,"
-                f" dkim_public_key) VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
-                org_id,
-                name,
-                selector,
-                private_sealed,
-                public_key,
-            )
-        )
+        try:
+            row = await conn.fetchrow(_ADD, org_id, name, selector, private_sealed, public_key)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"{name} is already a domain of this organization", field="domain") from None
+        if row is None:
+            raise DomainTaken(f"{name} is verified by another organization", field="domain")
         await conn.executemany(
             "INSERT INTO domain_projects (domain_id, project_id) VALUES ($1, $2)",
             [(row["id"], p) for p in project_ids],
@@ -75,25 +87,38 @@ async def add_domain(
     return Domain(**row)
 
 
-async def get_domain_by_name(pool: asyncpg.Pool, name: str) -> Domain | None:
-    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM domains WHERE name = $1", name.lower())
-    return Domain(**row) if row else None
+async def get_domain_by_name(pool: asyncpg.Pool, name: str, org_id: UUID | None = None) -> Domain | None:
+    """`org_id`'s claim on `name`; without it, the verified claim, else the only one (None when
+    several organizations hold pending claims: the caller must say whose)."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM domains WHERE name = $1 AND ($2::uuid IS NULL OR organization_id = $2)"
+        " ORDER BY verified_at IS NULL, created_at",
+        name.lower(),
+        org_id,
+    )
+    if not rows or (len(rows) > 1 and rows[0]["verified_at"] is None):
+        return None
+    return Domain(**rows[0])
 
 
 async def record_verification(
     pool: asyncpg.Pool, domain_id: UUID, result: dict[str, Any], verified: bool
 ) -> Domain:
-    """Store a check's result; `verified_at` is set when it passes and cleared when it fails."""
-    row = required(
-        await pool.fetchrow(
-            "UPDATE domains SET verification = $2, last_checked_at = now(),"
-            " verified_at = CASE WHEN $3 THEN COALESCE(verified_at, now()) ELSE NULL END"
-            f" WHERE id = $1 RETURNING {_COLUMNS}",
-            domain_id,
-            result,
-            verified,
+    """Store a check's result; `verified_at` is set when it passes and cleared when it fails.
+    DomainTaken when it passes but another organization verified the name first."""
+    try:
+        row = required(
+            await pool.fetchrow(
+                "UPDATE domains SET verification = $2, last_checked_at = now(),"
+                " verified_at = CASE WHEN $3 THEN COALESCE(verified_at, now()) ELSE NULL END"
+                f" WHERE id = $1 RETURNING {_COLUMNS}",
+                domain_id,
+                result,
+                verified,
+            )
         )
-    )
+    except asyncpg.UniqueViolationError:
+        raise DomainTaken("the domain is verified by another organization", field="domain") from None
     return Domain(**row)
 
 

@@ -19,8 +19,10 @@ __all__ = [
     "NewMessage",
     "count_messages",
     "get_message_detail",
+    "get_message_head",
     "insert_message",
     "list_messages",
+    "release_unblocked",
     "retry_message",
     "statistics",
 ]
@@ -32,7 +34,7 @@ class NewMessage:
     project_id: UUID
     mail_from: str
     recipients: list[str]
-    raw: bytes
+    raw: bytes | bytearray  # the edge hands over its DATA buffer without a copy
     message_id_header: str
     smtp_credential_id: UUID | None = None
     api_key_id: UUID | None = None
@@ -177,16 +179,19 @@ async def list_messages(
 
 
 # retry_message: give a finished or waiting message another full try. Recipients that were
-# not delivered (and are not suppressed) wait again; held messages go back through quota.
+# not delivered (and are not suppressed) wait again; held messages go back through quota (or,
+# held by a lifted block, to where they stopped).
+# Nothing moves while the organization is blocked.
 _RETRY = """
 WITH m AS (
     UPDATE messages
-       SET status = CASE WHEN status = 'held' THEN 'validated'::message_status
+       SET status = CASE WHEN status = 'held' THEN COALESCE(resume_status, 'validated'::message_status)
                          ELSE 'admitted'::message_status END,
+           resume_status = NULL,
            reason = 'retry requested', next_attempt_at = NULL, finished_at = NULL,
            expires_at = now() + make_interval(secs => $3), updated_at = now()
      WHERE id = $1 AND organization_id = $2 AND octet_length(raw) > 0  -- not purged by retention
-       AND status IN ('deferred', 'bounced', 'failed', 'held')
+       AND status IN ('deferred', 'bounced', 'failed', 'held') AND organization_may_send(organization_id)
     RETURNING id, organization_id, project_id, status::text
 ), r AS (
     UPDATE recipients SET status = 'pending', updated_at = now()
@@ -205,6 +210,23 @@ async def retry_message(
     return dict(row) if row else None
 
 
+# release_unblocked: the block on the organization was lifted; its messages held by the block
+# resume where they stopped (quota holds wait for the sweep, which checks the quota).
+_RELEASE = """
+UPDATE messages SET status = resume_status, resume_status = NULL, reason = NULL, updated_at = now()
+ WHERE id IN (SELECT id FROM messages
+               WHERE organization_id = $1 AND status = 'held' AND resume_status IS NOT NULL
+                 AND organization_may_send(organization_id)
+               ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+RETURNING id, organization_id, project_id, status::text
+"""
+
+
+async def release_unblocked(pool: asyncpg.Pool, org_id: UUID, limit: int) -> list[dict[str, Any]]:
+    """The messages resumed (id, organization_id, project_id, status); the sweep finds the rest."""
+    return [dict(r) for r in await pool.fetch(_RELEASE, org_id, limit)]
+
+
 async def statistics(pool: asyncpg.Pool, org_id: UUID, since: datetime) -> list[dict[str, Any]]:
     """Messages per UTC day and status."""
     rows = await pool.fetch(
@@ -215,3 +237,14 @@ async def statistics(pool: asyncpg.Pool, org_id: UUID, since: datetime) -> list[
         since,
     )
     return [dict(r) for r in rows]
+
+
+async def get_message_head(pool: asyncpg.Pool, message_id: UUID, org_id: UUID, limit: int) -> bytes | None:
+    """The first `limit` bytes of the stored message (its headers, for display), or None."""
+    head: bytes | None = await pool.fetchval(
+        "SELECT substring(raw FROM 1 FOR $3) FROM messages WHERE id = $1 AND organization_id = $2",
+        message_id,
+        org_id,
+        limit,
+    )
+    return head
