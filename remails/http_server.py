@@ -1,4 +1,9 @@
-"""uvicorn inside our own event loop: started and stopped by the runtime, which owns signals."""
+"""uvicorn inside our own event loop: started and stopped by the runtime, which owns signals.
+
+Bounded like the SMTP edge: a connection that has not sent a whole request head within
+`header_timeout` seconds is closed (uvicorn waits forever for the first request), and at most
+`max_concurrency` connections and requests are served at once (503 above it).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,65 @@ import contextlib
 from collections.abc import Generator
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "bounded_config"]
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CONCURRENCY = 1000
+
+
+class _BoundedH11(H11Protocol):
+    """h11 with a deadline for each request head (slow-header clients hold no descriptor)."""
+
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(self.header_timeout, self._head_overdue)
+
+    def _head_overdue(self) -> None:
+        # IDLE: no complete request line and headers since the connection or the last response.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+
+def bounded_config(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+) -> uvicorn.Config:
+    protocol = type("BoundedH11", (_BoundedH11,), {"header_timeout": header_timeout})
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+        http=protocol,
+        limit_concurrency=max_concurrency,
+    )
 
 
 class _Server(uvicorn.Server):
@@ -19,8 +80,18 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off", access_log=False)
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> None:
+        config = bounded_config(
+            app, host, port, header_timeout=header_timeout, max_concurrency=max_concurrency
+        )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -1,4 +1,5 @@
-"""A token bucket per key (an organization): `rate` per second, bursts up to `burst`."""
+"""A token bucket per key (an organization, a client address): `rate` per second, bursts up to
+`burst`."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ class TokenBuckets:
             return 0
         self._buckets[key] = (tokens, now)
         return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    def refund(self, key: str) -> None:
+        """Give back a token taken for an attempt that turned out not to count."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            tokens, at = bucket
+            self._buckets[key] = (min(float(self.burst), tokens + 1.0), at)

@@ -13,6 +13,7 @@ from remails.errors import Reply
 __all__ = [
     "AUTH_THROTTLED",
     "BAD_RECIPIENT",
+    "CREDENTIAL_REVOKED",
     "RECIPIENT_OK",
     "SENDER_OK",
     "SHUTTING_DOWN",
@@ -26,6 +27,7 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
 BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
 STARTTLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+CREDENTIAL_REVOKED = Reply(535, "5.7.8", "Authentication credentials no longer valid")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 
 

@@ -1,19 +1,34 @@
-"""The SMTP edge: submission with STARTTLS and with implicit TLS, and a graceful stop."""
+"""The SMTP edge: submission with STARTTLS and with implicit TLS, and a graceful stop.
+
+Before the banner, each connection passes the door: a PROXY header only from the load
+balancers (`REMAILS_PROXY_TRUSTED_NETWORKS`), then the connection limits by real client
+address, then (on the implicit-TLS port) the TLS handshake — in that order, because the PROXY
+header comes in clear before the client's ClientHello.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import ssl
 import time
+from asyncio import sslproto
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.proxy_protocol import get_proxy
+from aiosmtpd.smtp import SMTP, Session, syntax
 
+from remails import metrics
+from remails.config import check_proxy_settings
 from remails.context import Context
+from remails.errors import Reply
 from remails.log import log_event
-from remails.tls import server_context
-from smtp_edge.handler import EdgeHandler
+from smtp_edge.certificates import Certificates
+from smtp_edge.connections import ConnectionTable, proxy_peer_trusted
+from smtp_edge.handler import EdgeHandler, client_ip
 from smtp_edge.replies import SHUTTING_DOWN, with_enhanced_code
 from smtp_edge.throttle import AuthThrottle
 
@@ -22,22 +37,38 @@ __all__ = ["EdgeSMTP", "EdgeServer"]
 logger = logging.getLogger("remails.edge")
 
 BANNER_IDENT = "ESMTP Remails"
+PROXY_TIMEOUT_SECONDS = 5.0
+SESSION_TIMEOUT_SECONDS = 300.0
+TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands without a message, closing")
+LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
+TOO_MUCH_DATA = "552 5.3.4 Message too big"
+
+_Command = Callable[[str], Awaitable[None]]
 
 
 class EdgeSMTP(SMTP):
-    """aiosmtpd's SMTP with enhanced status codes on every reply and session bookkeeping."""
+    """aiosmtpd's SMTP with enhanced status codes on every reply, the door before the banner,
+    a junk-command limit and a DATA reader that keeps one copy of the message."""
 
     def __init__(
-        self, handler: EdgeHandler, *, implicit_tls: bool, sessions: set[EdgeSMTP], **kwargs: Any
+        self,
+        handler: EdgeHandler,
+        *,
+        edge: EdgeServer,
+        implicit_tls: bool,
+        **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self.edge = edge
         self.implicit_tls = implicit_tls
         self.in_data = False
-        self._sessions = sessions
+        self.commands_without_message = 0
+        self._admitted: str | None = None  # the client address counted in the table
+        self._smtp_methods = {name: self._counted(m) for name, m in self._smtp_methods.items()}
 
     @property
     def tls_active(self) -> bool:
-        return self.implicit_tls or (self.session is not None and self.session.ssl is not None)
+        return self.session is not None and self.session.ssl is not None
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode() if isinstance(status, bytes) else status
@@ -47,75 +78,241 @@ class EdgeSMTP(SMTP):
         )
         await super().push(with_enhanced_code(text, greeting_or_helo=plain))
 
-    async def smtp_DATA(self, arg: str) -> None:
-        self.in_data = True
+    # -- the door --------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        metrics.SMTP_SESSIONS.labels("submissions" if self.implicit_tls else "submission").inc()
+        settings = self.edge.ctx.settings
+        peer = str(self.session.peer[0]) if self.session.peer else ""
+        if settings.proxy_protocol:
+            if not proxy_peer_trusted(peer, settings.proxy_trusted_networks):
+                log_event(logger, "proxy header from an untrusted peer refused", logging.WARNING, peer=peer)
+                self._close()
+                return
+            self._reset_timeout(PROXY_TIMEOUT_SECONDS)
+            proxy_data = await get_proxy(self._reader)
+            if not proxy_data.valid:
+                log_event(logger, "invalid proxy header", logging.WARNING, peer=peer, error=proxy_data.error)
+                self._close()
+                return
+            self.session.proxy_data = proxy_data
+            self._reset_timeout()
+        address = client_ip(self.session)
+        refusal = self.edge.connections.admit(address)
+        if refusal is None:
+            self._admitted = address
+        if self.implicit_tls and not await self._start_tls():
+            return
+        if refusal is not None:
+            log_event(logger, "connection refused", logging.WARNING, client_ip=address, reason=refusal.text)
+            await self.push(str(refusal))
+            self._close()
+            return
+        await super()._handle_client()
+
+    async def _start_tls(self) -> bool:
+        """The implicit-TLS handshake on a connection whose PROXY header is already read."""
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.edge.certificates.context, waiter, server_side=True
+        )
+        # A ClientHello that came in the same read as the PROXY header belongs to the handshake.
+        leftover = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        self._original_transport = self.transport
+        assert self._original_transport is not None
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        if leftover:
+            buffer = self._tls_protocol.get_buffer(len(leftover))
+            buffer[: len(leftover)] = leftover
+            self._tls_protocol.buffer_updated(len(leftover))
         try:
-            await super().smtp_DATA(arg)
-        finally:
-            self.in_data = False
+            await waiter
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            log_event(logger, "tls handshake failed", logging.WARNING, error=str(exc))
+            self._close()
+            return False
+        return True
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        self.tls_context = self.edge.certificates.context  # the current pair, reloaded or not
+        await super().smtp_STARTTLS(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._sessions.add(self)
+        previous: Session | None = self.session
+        self.edge.sessions.add(self)
         super().connection_made(transport)
+        # After a TLS handshake aiosmtpd starts a new session; the client is still the one the
+        # PROXY header named.
+        if previous is not None and self.session is not previous:
+            assert self.session is not None
+            self.session.proxy_data = previous.proxy_data
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._sessions.discard(self)
+        self.edge.sessions.discard(self)
+        if self._admitted is not None:
+            self.edge.connections.release(self._admitted)
+            self._admitted = None
         super().connection_lost(error)
+
+    # -- junk commands ---------------------------------------------------------------------
+
+    def _counted(self, method: _Command) -> _Command:
+        @functools.wraps(method)  # keeps the syntax HELP shows
+        async def command(arg: str) -> None:
+            self.commands_without_message += 1
+            if self.commands_without_message > self.edge.ctx.settings.smtp_junk_command_limit:
+                session = self.session
+                log_event(
+                    logger,
+                    "too many commands without a message",
+                    logging.WARNING,
+                    client_ip=client_ip(session) if session is not None else "",
+                )
+                await self.push(str(TOO_MANY_COMMANDS))
+                self._close()
+                return
+            await method(arg)
+
+        return command
+
+    # -- DATA ------------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.in_data = True
+        try:
+            content, problem = await self._read_data()
+        finally:
+            self.in_data = False
+        if problem is not None:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(problem)
+            return
+        # One bytearray, handed to the handler as is: it prepends its headers in place.
+        self.envelope.content = content  # type: ignore[assignment]  # typed bytes; a buffer here
+        self.envelope.original_content = content  # type: ignore[assignment]
+        del content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        if isinstance(status, str) and status.startswith("250"):
+            self.commands_without_message = 0
+        await self.push(status if isinstance(status, str) else "250 OK")
+
+    async def _read_data(self) -> tuple[bytearray, str | None]:
+        """Read to the final dot, un-stuffing dots, into one growing buffer (RFC 5321 §4.5.2).
+
+        aiosmtpd keeps a list of one bytearray per line and joins them: two to three times the
+        message size. Past a limit the data is discarded but read to the end (RFC 5321 §4.2.5)."""
+        content = bytearray()
+        limit = self.data_size_limit
+        size = 0
+        problem: str | None = None
+        in_long_line = False
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.read(exc.consumed)  # a line longer than the limit: drop it
+                problem = problem or LINE_TOO_LONG
+                content = bytearray()
+                in_long_line = True
+                continue
+            if in_long_line:  # the tail of that line
+                in_long_line = False
+                continue
+            if line == b".\r\n":
+                return content, problem
+            size += len(line)
+            if problem is not None:
+                continue
+            if limit and size > limit:
+                problem = TOO_MUCH_DATA
+                content = bytearray()
+                continue
+            if line.startswith(b"."):
+                content += memoryview(line)[1:]
+            else:
+                content += line
 
 
 class EdgeServer:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         settings = ctx.settings
+        check_proxy_settings(settings)  # also for settings not made by load_settings
         self.handler = EdgeHandler(
             ctx, AuthThrottle(settings.auth_max_failures, settings.auth_failure_window_seconds)
         )
         self.sessions: set[EdgeSMTP] = set()
+        self.connections = ConnectionTable(
+            settings.smtp_max_connections, settings.smtp_max_connections_per_ip
+        )
+        self.certificates = Certificates(settings)
         self._servers: list[asyncio.Server] = []
         self._addresses: list[tuple[str, int]] = []
 
-    def _factory(self, tls_context: ssl.SSLContext, implicit_tls: bool) -> EdgeSMTP:
+    def _factory(self, implicit_tls: bool) -> EdgeSMTP:
         settings = self.ctx.settings
         return EdgeSMTP(
             self.handler,
+            edge=self,
             implicit_tls=implicit_tls,
-            sessions=self.sessions,
             hostname=settings.hostname,
             ident=BANNER_IDENT,
             data_size_limit=settings.smtp_max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            # Implicit TLS: the socket is already encrypted, so no STARTTLS and AUTH is allowed.
-            tls_context=None if implicit_tls else tls_context,
-            auth_require_tls=not implicit_tls,
+            # Implicit TLS: the edge itself does the handshake after the door, so no STARTTLS.
+            tls_context=None if implicit_tls else self.certificates.context,
+            auth_require_tls=True,
             auth_required=False,  # enforced at MAIL, so trusted networks can submit without AUTH
-            proxy_protocol_timeout=5 if settings.proxy_protocol else None,
-            timeout=300,
+            timeout=SESSION_TIMEOUT_SECONDS,
             loop=asyncio.get_running_loop(),
         )
 
     async def start(self) -> None:
         settings = self.ctx.settings
-        tls_context = server_context(settings)
         loop = asyncio.get_running_loop()
         host, port = settings.smtp_submission_listen
         # Several worker processes of `remails up` share the listeners (the kernel spreads the
         # connections over them).
         shared = settings.workers > 1
-        submission = await loop.create_server(
-            lambda: self._factory(tls_context, False), host, port, reuse_port=shared
-        )
+        submission = await loop.create_server(lambda: self._factory(False), host, port, reuse_port=shared)
         host, port = settings.smtp_tls_listen
-        implicit = await loop.create_server(
-            lambda: self._factory(tls_context, True), host, port, ssl=tls_context, reuse_port=shared
-        )
+        implicit = await loop.create_server(lambda: self._factory(True), host, port, reuse_port=shared)
         self._servers = [submission, implicit]
         self._addresses = [self._bound(submission), self._bound(implicit)]
+        self.certificates.start()
         log_event(
             logger,
             "smtp edge listening",
             submission=self.submission_address,
             implicit_tls=self.tls_address,
+            pid=os.getpid(),
         )
 
     @staticmethod
@@ -136,6 +333,7 @@ class EdgeServer:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting; let sessions in DATA finish (up to `grace` s); close the rest."""
+        await self.certificates.stop()
         for server in self._servers:
             server.close()
         deadline = time.monotonic() + grace

@@ -1,4 +1,9 @@
-"""Failed-AUTH throttling per client IP and per username, in a sliding window."""
+"""Failed-AUTH throttling per client IP and per username, in a sliding window.
+
+An attempt is reserved *before* the password lookup, counting as a failure until it succeeds:
+the lookup awaits the database, and concurrent attempts that merely checked first and counted
+after would all pass the check together.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +38,18 @@ class AuthThrottle:
             self._failures.clear()
         for key in keys:
             self._recent(key, now).append(now)
+
+    def reserve(self, keys: list[str], now: float) -> bool:
+        """Check and count in one step (no await between): False when blocked. A reserved
+        attempt counts as a failure until `succeeded` takes it back."""
+        if self.blocked(keys, now):
+            return False
+        self.record_failure(keys, now)
+        return True
+
+    def succeeded(self, keys: list[str], reserved_at: float) -> None:
+        """The attempt reserved at `reserved_at` was a good login: it is not a failure."""
+        for key in keys:
+            times = self._failures.get(key)
+            if times is not None and reserved_at in times:
+                times.remove(reserved_at)

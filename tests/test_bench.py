@@ -38,3 +38,11 @@ async def test_faults_kills_the_runtime_and_loses_nothing() -> None:
     assert counts["accepted"] == 50
     assert counts["lost"] == 0 and counts["delivered_unique"] == 50
     assert counts["duplicates"] >= 0
+
+
+async def test_edge_memory_measures_the_edge_under_large_messages() -> None:
+    result = await _run("edge_memory", "--messages", "2", "--size-mb", "2", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures["accepted"] == 2
+    assert figures["peak_rss_mb"] >= figures["idle_rss_mb"] > 0

@@ -3,25 +3,59 @@ loopback: a DNS server, recording MX sinks on 127.0.0.x, PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import httpx
 import pytest
 import trustme
 
 from remails.config import Settings, load_settings
-from remails.db import Pool
+from remails.db import Pool, create_pool
 from remails.runtime import Runtime
 from tests.factories import Tenant, make_tenant
 from tests.smtp.conftest import tls_files
 from tests.support.dnsserver import LocalDns
 from tests.support.sink import Sink, free_port, sink_server_tls
+from tests.support.wait import wait_until
 
 EGRESS_IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+_LISTENERS = ("smtp_submission_listen", "smtp_tls_listen", "http_listen")
+
+
+@dataclass
+class _Db:
+    pool: Pool
+
+
+@dataclass
+class _Address:
+    address: tuple[str, int]
+
+
+@dataclass
+class _Edge:
+    submission_address: tuple[str, int]
+
+
+@dataclass
+class Spawned:
+    """`remails up` in a subprocess, seen by the tests through the same attributes as a
+    `Runtime` (`settings`, `db.pool`, `api.address`, `edge.submission_address`)."""
+
+    process: asyncio.subprocess.Process
+    settings: Settings
+    db: _Db
+    api: _Address
+    edge: _Edge
 
 
 @dataclass
@@ -33,6 +67,7 @@ class World:
     tmp: Path
     sinks: list[Sink] = field(default_factory=list)
     runtimes: list[Runtime] = field(default_factory=list)
+    spawned: list[Spawned] = field(default_factory=list)
 
     async def sink(self, domain: str, ip: str, *, preference: int = 10, tls: bool = True) -> Sink:
         """A recording MX for `domain` at `ip`, published in DNS."""
@@ -53,12 +88,50 @@ class World:
         self.runtimes.append(runtime)
         return runtime
 
-    async def crash(self, runtime: Runtime) -> None:
-        """Stop a runtime the hard way: background work cancelled, nothing finished or flushed."""
-        self.runtimes.remove(runtime)
-        await runtime.stop()
+    async def spawn(self, **overrides: Any) -> Spawned:
+        """`remails up` in a subprocess on the world's database, ready when its API answers."""
+        values = {**self.base, **overrides}
+        ports = {key: free_port("127.0.0.1") for key in _LISTENERS}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REMAILS_")}
+        for key, value in values.items():
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            env[f"REMAILS_{key.upper()}"] = text
+        for key, port in ports.items():
+            env[f"REMAILS_{key.upper()}"] = f"127.0.0.1:{port}"
+        log = (self.tmp / f"spawned-{len(self.spawned)}.log").open("ab")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "remails.cli", "up", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log
+        )
+        log.close()
+        pool = await create_pool(str(values["database_url"]), min_size=1, max_size=4)
+        spawned = Spawned(
+            process,
+            self.settings(**overrides),
+            _Db(pool),
+            _Address(("127.0.0.1", ports["http_listen"])),
+            _Edge(("127.0.0.1", ports["smtp_submission_listen"])),
+        )
+        self.spawned.append(spawned)
 
-    async def tenant(self, runtime: Runtime, domain: str, *, quota: int | None = None) -> Tenant:
+        async def api_up() -> bool:
+            if process.returncode is not None:
+                raise AssertionError(f"remails up exited with {process.returncode}")
+            try:
+                async with httpx.AsyncClient() as client:
+                    url = f"http://127.0.0.1:{ports['http_listen']}/healthz"
+                    return (await client.get(url, timeout=1)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(api_up, bound=60, interval=0.1)
+        return spawned
+
+    async def crash(self, spawned: Spawned) -> None:
+        """SIGKILL a `remails up` process: nothing is finished, flushed or closed."""
+        spawned.process.kill()
+        assert await asyncio.wait_for(spawned.process.wait(), 10) == -signal.SIGKILL
+
+    async def tenant(self, runtime: Runtime | Spawned, domain: str, *, quota: int | None = None) -> Tenant:
         assert runtime.db is not None
         tenant = await make_tenant(runtime.db.pool, runtime.settings, domain, quota=quota)
         key = await runtime.db.pool.fetchrow(
@@ -71,7 +144,7 @@ class World:
 
     async def submit(
         self,
-        runtime: Runtime | int,
+        runtime: Runtime | Spawned | int,
         tenant: Tenant,
         rcpts: list[str],
         *,
@@ -133,6 +206,15 @@ async def world(dsn: str, local_dns: LocalDns, ca: trustme.CA, tmp_path: Path) -
     yield world
     for runtime in world.runtimes:
         await runtime.stop()
+    for spawned in world.spawned:
+        if spawned.process.returncode is None:
+            spawned.process.terminate()
+            try:
+                await asyncio.wait_for(spawned.process.wait(), 30)
+            except TimeoutError:
+                spawned.process.kill()
+                await spawned.process.wait()
+        await spawned.db.pool.close()
     for sink in world.sinks:
         await sink.stop()
 

@@ -67,7 +67,8 @@ async def test_killed_mid_delivery_then_restarted_delivers_exactly_once(world: W
 
         await asyncio.wait_for(sink.handler.data_started.wait(), 30)
         process.send_signal(signal.SIGKILL)
-        process.wait(10)
+        assert await asyncio.to_thread(process.wait, 10) == -signal.SIGKILL  # mid-delivery
+        assert not sink.received
         sink.handler.delay = 0.0
 
         process = _start(env, log)
@@ -85,7 +86,7 @@ async def test_killed_mid_delivery_then_restarted_delivers_exactly_once(world: W
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(15)
+            await asyncio.to_thread(process.wait, 15)
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()

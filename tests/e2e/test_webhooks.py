@@ -242,5 +242,5 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_the_organization_tol
         [delivery] = (await c.get(f"/v1/webhooks/{endpoint['id']}/deliveries")).json()
     assert shown["disabled_reason"].startswith("failing continuously since")
     assert delivery["status"] == "dropped" and delivery["finished_at"] is not None
-    assert [(n["kind"], n["subject_id"]) for n in notices] == [("webhook_endpoint_disabled", endpoint["id"])]
+    assert [(n["kind"], n["subject_id"]) for n in notices] == [("webhook.disabled", endpoint["id"])]
     assert receiver.url in notices[0]["message"]

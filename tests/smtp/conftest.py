@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ class Edge:
 
 
 EdgeFactory = Callable[..., Awaitable[Edge]]
+
+
+def proxy_v2(src: str, dst: str = "127.0.0.1") -> bytes:
+    """A PROXY protocol v2 header (TCP over IPv4) naming `src` as the client."""
+    addresses = ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    payload = addresses + (40000).to_bytes(2, "big") + (25).to_bytes(2, "big")
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + len(payload).to_bytes(2, "big") + payload
 
 
 def tls_files(ca: trustme.CA, folder: Path) -> tuple[Path, Path]:

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from remails.db import orgs
-from tests.smtp.conftest import Edge, EdgeFactory
+from tests.smtp.conftest import Edge, EdgeFactory, proxy_v2
 from tests.support.postgres import PostgresServer
 from tests.support.rawsmtp import RawSmtp
 from tests.support.wait import wait_until
@@ -153,8 +153,9 @@ async def test_sender_domain_must_be_a_verified_domain_of_the_project(
     await client.quit()
 
 
-async def _refused_at_mail(client: aiosmtplib.SMTP, expected: tuple[int, str]) -> bool:
-    """MAIL until it is refused as expected: the edge keeps a project's facts up to a second."""
+async def _wait_refused_at_mail(client: aiosmtplib.SMTP, expected: tuple[int, str]) -> None:
+    """MAIL until it is refused as expected (AssertionError after 5 s): the edge keeps a
+    project's facts up to a second."""
 
     async def refused() -> bool:
         try:
@@ -165,18 +166,17 @@ async def _refused_at_mail(client: aiosmtplib.SMTP, expected: tuple[int, str]) -
         return False
 
     await wait_until(refused, bound=5, interval=0.2)
-    return True
 
 
 async def test_blocked_organization_and_used_up_quota(edge: Edge) -> None:
     client = await _login(edge)
     await orgs.set_block_status(edge.pool, edge.tenant.org_id, "no_sending")
-    assert await _refused_at_mail(client, (554, "5.7.1"))
+    await _wait_refused_at_mail(client, (554, "5.7.1"))
     await orgs.set_block_status(edge.pool, edge.tenant.org_id, "not_blocked")
     await edge.pool.execute(
         "UPDATE organizations SET quota_used = monthly_quota WHERE id = $1", edge.tenant.org_id
     )
-    assert await _refused_at_mail(client, (452, "4.5.3"))
+    await _wait_refused_at_mail(client, (452, "4.5.3"))
     await client.quit()
 
 
@@ -303,22 +303,60 @@ async def test_a_database_outage_gives_451_and_stores_nothing(edge: Edge, postgr
     assert await edge.stored_count() == 0
 
 
-async def test_every_250_is_exactly_one_stored_message(edge: Edge) -> None:
-    accepted = 0
-    for round_ in range(3):
+async def test_every_250_is_exactly_one_stored_message(edge: Edge, dsn: str) -> None:
+    """A 250 is sent only after the message is committed: at the instant the client reads it,
+    another connection already sees the row — for every message; and while the commit is held
+    up, no 250 arrives."""
+    observer = await asyncpg.connect(dsn)
+    try:
+
+        async def visible(message_id: str) -> bool:
+            return bool(
+                await observer.fetchval("SELECT count(*) FROM messages WHERE id = $1::uuid", message_id)
+            )
+
+        accepted = 0
+        for round_ in range(3):
+            client = await _login(edge)
+            for i in range(5):
+                rcpts = [f"u{round_}{i}@dest.test"]
+                sender = "app@example.test" if i != 2 else "app@foreign.test"
+                try:
+                    code, text = await _send(client, sender=sender, rcpts=rcpts)
+                except aiosmtplib.SMTPSenderRefused:
+                    await client.rset()
+                    continue
+                assert code == 250
+                assert await visible(text.rsplit(" ", 1)[1]), "250 before the row was committed"
+                accepted += 1
+            await client.quit()
+        assert accepted == 12
+        assert await edge.stored_count() == accepted
+
+        # Hold the insert up with a lock: the client must still be waiting for its reply.
         client = await _login(edge)
-        for i in range(5):
-            rcpts = [f"u{round_}{i}@dest.test"]
-            sender = "app@example.test" if i != 2 else "app@foreign.test"
-            try:
-                code, _ = await _send(client, sender=sender, rcpts=rcpts)
-            except aiosmtplib.SMTPSenderRefused:
-                await client.rset()
-                continue
-            accepted += code == 250
+        await client.mail("app@example.test")
+        await client.rcpt("held@dest.test")
+        locker = await asyncpg.connect(dsn)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
+            reply = asyncio.create_task(client.data(MESSAGE))
+
+            async def insert_waits() -> bool:
+                return bool(await observer.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+            await wait_until(insert_waits)
+            assert not reply.done(), "250 while the message was not committed"
+            await transaction.commit()
+        finally:
+            await locker.close()
+        response = await reply
+        assert response.code == 250 and await visible(response.message.rsplit(" ", 1)[1])
         await client.quit()
-    assert accepted == 12
-    assert await edge.stored_count() == accepted
+    finally:
+        await observer.close()
 
 
 async def test_failed_auth_is_throttled_per_client(edge_factory: EdgeFactory) -> None:
@@ -356,18 +394,12 @@ async def test_trusted_network_submits_without_auth(edge_factory: EdgeFactory) -
 
 
 async def test_proxy_protocol_v2_gives_the_real_client_ip(edge_factory: EdgeFactory) -> None:
-    edge = await edge_factory(proxy_protocol=True, trusted_cidr="10.9.8.0/24")
-
-    def header(src: str) -> bytes:
-        import ipaddress
-
-        addresses = ipaddress.ip_address(src).packed + ipaddress.ip_address("127.0.0.1").packed
-        payload = addresses + (40000).to_bytes(2, "big") + (25).to_bytes(2, "big")
-        return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + len(payload).to_bytes(2, "big") + payload
-
+    edge = await edge_factory(
+        proxy_protocol=True, proxy_trusted_networks="127.0.0.0/8", trusted_cidr="10.9.8.0/24"
+    )
     outcomes = {}
     for src in ("10.9.8.7", "192.0.2.1"):
-        raw = await RawSmtp.connect(edge.submission, prefix=header(src))
+        raw = await RawSmtp.connect(edge.submission, prefix=proxy_v2(src))
         assert (await raw.reply()).startswith("220 mx.remails.test")
         await raw.command("EHLO client.test")
         outcomes[src] = await raw.command("MAIL FROM:<app@example.test>")
