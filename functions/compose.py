@@ -12,18 +12,19 @@ import re
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from remails.addresses import parse_mailbox
+from remails.message_headers import MAX_LINE_OCTETS, longest_line
 from remails.text import ClientInput
 
 __all__ = ["MAX_RECIPIENTS", "Attachment", "EmailAddress", "SendRequest", "compose"]
 
 MAX_RECIPIENTS = 50
-_ADDRESS = re.compile(r"^[^@\s<>()\[\]\\,;:\"]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]{2,}$")
 # Headers we write ourselves, or that change the structure of the message.
 _STRUCTURAL = {
     "from",
@@ -56,7 +57,9 @@ class EmailAddress(ClientInput):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if not _ADDRESS.match(value) or not value.isascii():
+        # One bare address; UTF-8 is allowed (RFC 6531), delivered with SMTPUTF8 when it must be.
+        mailbox = parse_mailbox(value)
+        if mailbox is None or mailbox.local.startswith('"'):  # quoted local parts: raw API only
             raise ValueError("is not a valid email address")
         return value
 
@@ -98,6 +101,7 @@ class Attachment(ClientInput):
 
 class SendRequest(ClientInput):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    free_text: ClassVar[frozenset[str]] = frozenset({"text", "html"})  # bodies, not headers
 
     from_: Annotated[AddressField, Field(alias="from")]
     to: list[AddressField] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
@@ -161,23 +165,36 @@ class SendRequest(ClientInput):
     def recipients(self) -> list[str]:
         return [a.email for a in (*self.to, *self.cc, *self.bcc)]
 
+    @property
+    def utf8_headers(self) -> bool:
+        """Some header address has a UTF-8 local part: the header block is UTF-8 (RFC 6532)."""
+        shown = (self.from_, *self.to, *self.cc, *self.reply_to)
+        return any(not a.email.rpartition("@")[0].isascii() for a in shown)
+
 
 def _header_address(a: EmailAddress) -> Address:
-    local, _, domain = a.email.rpartition("@")
-    return Address(display_name=a.name or "", username=local, domain=domain)
+    mailbox = parse_mailbox(a.email)
+    assert mailbox is not None  # validated
+    # An ASCII local part keeps the header ASCII: the domain goes in as A-labels (RFC 5890).
+    # A UTF-8 one can only be written as UTF-8 (RFC 6532), and then needs SMTPUTF8 anyway.
+    domain = mailbox.domain if mailbox.needs_smtputf8 else mailbox.domain_ascii
+    return Address(display_name=a.name or "", username=mailbox.local, domain=domain)
 
 
 def _cte(text: str) -> str:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return (
         "7bit"
-        if text.isascii() and all(len(line) <= 998 for line in text.splitlines())
+        if text.isascii() and all(len(line) <= MAX_LINE_OCTETS for line in lines)
         else "quoted-printable"
     )
 
 
 def compose(request: SendRequest, *, message_id: str, now: datetime) -> bytes:
-    """The message as bytes with CRLF line endings; Bcc never appears in it."""
-    message = EmailMessage(policy=SMTP)
+    """The message as bytes with CRLF line endings and no line over 998 octets; Bcc never
+    appears in it."""
+    policy = SMTPUTF8 if request.utf8_headers else SMTP
+    message = EmailMessage(policy=policy)
     message["From"] = _header_address(request.from_)
     if request.to:
         message["To"] = [_header_address(a) for a in request.to]
@@ -217,4 +234,7 @@ def compose(request: SendRequest, *, message_id: str, now: datetime) -> bytes:
     for a in files:
         maintype, _, subtype = a.content_type.partition("/")
         message.add_attachment(base64.b64decode(a.content), maintype, subtype, filename=a.filename)
-    return message.as_bytes(policy=SMTP)
+    data = message.as_bytes(policy=policy)
+    if longest_line(data) > MAX_LINE_OCTETS:  # the encodings above make this unreachable
+        raise ValueError("composed a line longer than 998 octets")
+    return data

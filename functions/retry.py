@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 from cloudevents.http import CloudEvent
 
+from remails import metrics
 from remails.context import Context
-from remails.db import pipeline, sweep
+from remails.db import pipeline, retention, sweep
 from remails.events import (
     DeliveryAttempted,
     EventType,
@@ -85,6 +86,7 @@ async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None
     )
     if queued is None:
         return None  # another decision won: this event was a duplicate
+    metrics.finished(final, message.created_at)
     log_event(
         logger,
         "attempt decided",
@@ -137,16 +139,19 @@ def _event_for(swept: sweep.Swept) -> CloudEvent | None:
 async def handle_tick(ctx: Context, event: CloudEvent) -> CloudEvent | None:
     """The sweep. Publishes directly: one tick can move many messages."""
     swept = [
-        *await sweep.expire_deferred(ctx.pipeline, SWEEP_LIMIT),
+        *await sweep.expire_overdue(ctx.pipeline, SWEEP_LIMIT),
         *await sweep.due_deferred(ctx.pipeline, SWEEP_LIMIT),
         *await sweep.restart_stuck(ctx.pipeline, ctx.settings.stuck_after_seconds, SWEEP_LIMIT),
         *await sweep.requeue_held(ctx.pipeline, SWEEP_LIMIT),
     ]
     for item in swept:
+        metrics.finished(item.status)  # counts only the final ones: the sweep's expiries
         follow_up = _event_for(item)
         if follow_up is not None:
             await ctx.publisher.publish(follow_up)
     purged = await sweep.purge_bodies(ctx.pipeline, SWEEP_LIMIT)
-    if swept or purged:
-        log_event(logger, "sweep", moved=len(swept), bodies_purged=purged)
+    kept = retention.Retention(ctx.settings.metadata_retention_days, ctx.settings.audit_retention_days)
+    removed = await retention.purge_expired(ctx.pipeline, kept, SWEEP_LIMIT)
+    if swept or purged or removed:
+        log_event(logger, "sweep", moved=len(swept), bodies_purged=purged, **vars(removed))
     return None

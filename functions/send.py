@@ -27,16 +27,23 @@ from functions.api.auth import Principal, principal_for
 from functions.api.errors import error_response, validation_response
 from functions.api.models import RawSendRequest
 from functions.compose import SendRequest, compose
+from remails import metrics
 from remails.context import Context, function_context
 from remails.db import orgs
-from remails.db.idempotency import claim_key
+from remails.db.idempotency import canonical_body, claim_key
 from remails.db.messages import NewMessage, insert_message
 from remails.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RemailsError
 from remails.events import EventType, MessageEvent, make_event
 from remails.log import log_event
-from remails.message_headers import normalise_line_endings, prepend_headers
+from remails.message_headers import (
+    MAX_LINE_OCTETS,
+    longest_line,
+    normalise_line_endings,
+    prepend_headers,
+    received_header,
+)
 from remails.rate_limit import TokenBuckets
-from remails.sending_policy import address_domain, check_sender
+from remails.sending_policy import check_sender
 
 __all__ = ["request_digest", "send", "send_message", "send_raw"]
 
@@ -46,8 +53,8 @@ logger = logging.getLogger("remails.send")
 
 
 def request_digest(project_id: UUID, path: str, body: bytes) -> bytes:
-    """What an Idempotency-Key is bound to: the project, the endpoint and the exact body."""
-    return hashlib.sha256(f"{project_id}|{path}|".encode() + body).digest()
+    """What an Idempotency-Key is bound to: the project, the endpoint and the parsed body."""
+    return hashlib.sha256(f"{project_id}|{path}|".encode() + canonical_body(body)).digest()
 
 
 async def _store(
@@ -106,7 +113,13 @@ async def _store(
         await ctx.publisher.publish(make_event(EventType.MESSAGE_RECEIVED, event))
     except Exception as exc:  # stored; the sweep re-emits what this missed
         log_event(logger, "publish failed", logging.WARNING, message_id=message_id, error=type(exc).__name__)
+    metrics.ACCEPTED.labels("http").inc()
     return 202, answer
+
+
+def _received(ctx: Context, message_id: UUID, now: datetime) -> str:
+    """Our trace field for a submission by HTTP (no HELO, so no `from`)."""
+    return received_header(by=ctx.settings.hostname, protocol="HTTP", message_id=str(message_id), now=now)
 
 
 async def send_message(
@@ -118,7 +131,8 @@ async def send_message(
 ) -> Accepted:
     def build(message_id: UUID, now: datetime) -> tuple[bytes, str]:
         header = f"<{message_id}@{ctx.settings.hostname}>"
-        return compose(request, message_id=header, now=now), header
+        composed = compose(request, message_id=header, now=now)
+        return (_received(ctx, message_id, now) + "\r\n").encode() + composed, header
 
     return await _store(
         ctx,
@@ -144,15 +158,18 @@ async def send_raw(
         data = base64.b64decode(request.raw, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput("is not valid base64", field="raw") from None
-    if address_domain(request.mail_from) is None:
-        raise InvalidInput("is not a valid address", field="mail_from")
-    for i, rcpt in enumerate(request.recipients):
-        if address_domain(rcpt) is None or not rcpt.isascii() or any(c in rcpt for c in "\r\n<>"):
-            raise InvalidInput("is not a valid address", field=f"recipients.{i}")
+    # The addresses are one bare address each (RawSendRequest); the bytes must fit the wire.
+    data = normalise_line_endings(data)
+    if longest_line(data) > MAX_LINE_OCTETS:
+        raise InvalidInput(f"has a line longer than {MAX_LINE_OCTETS} octets", field="raw")
 
     def build(message_id: UUID, now: datetime) -> tuple[bytes, str]:
         return prepend_headers(
-            normalise_line_endings(data), hostname=ctx.settings.hostname, message_id=str(message_id), now=now
+            data,
+            hostname=ctx.settings.hostname,
+            message_id=str(message_id),
+            now=now,
+            trace=_received(ctx, message_id, now),
         )
 
     return await _store(

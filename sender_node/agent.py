@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -16,6 +17,8 @@ from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
+from remails import metrics
+from remails.addresses import ascii_domain
 from remails.bus import Trigger
 from remails.context import Context
 from remails.db import egress, pipeline
@@ -32,15 +35,19 @@ from remails.events import (
 )
 from remails.log import log_event
 from remails.message_headers import normalise_line_endings
+from remails.outcomes import RecipientResult, classify
 from sender_node.connections import ConnectionCache
 from sender_node.dkim_signer import DkimSigner
 from sender_node.egress_ips import bindable
 from sender_node.mx import DeliveryDnsError, resolve_destination
-from sender_node.smtp_client import Envelope, TlsPolicy, deliver, failed_attempt
+from sender_node.payload import Payload
+from sender_node.smtp_client import Envelope, TlsPolicy, contained, deliver, failed_attempt
 
 __all__ = ["SenderNode"]
 
 logger = logging.getLogger("remails.sender")
+
+SIGNER_CACHE_SIZE = 1000  # parsed keys kept; past this the cache starts over
 
 
 class SenderNode:
@@ -53,7 +60,7 @@ class SenderNode:
         self.resolver = make_resolver(ctx.settings, cache=True)
         self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls)
         self.rng = random.Random()
-        self._signers: dict[tuple[UUID, str], DkimSigner | None] = {}
+        self._signers: dict[tuple[UUID, str, str, bytes], DkimSigner] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self.connections = ConnectionCache()
         # The lease outlives the longest attempt: every MX step may take the full timeout.
@@ -101,21 +108,27 @@ class SenderNode:
                 log_event(logger, "heartbeat failed", logging.WARNING, error=type(exc).__name__)
 
     async def _signer(self, org_id: UUID, mail_from: str) -> DkimSigner | None:
+        """The signer of the most specific registered domain of the sender. The key row is read
+        for every message (a deleted and re-added domain has a new key at once); only the
+        parsed key is kept, under a digest of the sealed key itself."""
         sender_domain = mail_from.rpartition("@")[2].lower()
-        cache_key = (org_id, sender_domain)
-        if cache_key not in self._signers:
-            signer = None
-            candidates = [sender_domain]
-            parts = sender_domain.split(".")
-            candidates += [".".join(parts[i:]) for i in range(1, len(parts) - 1)]
-            for name in candidates:  # the most specific registered domain signs
-                key = await signing_key(self.ctx.pipeline, org_id, name)
-                if key is not None and is_same_or_subdomain(sender_domain, key.domain):
-                    pem = self.ctx.master_key.open(key.private_sealed, context=key.domain)
-                    signer = DkimSigner(key.domain, key.selector, pem)
-                    break
-            self._signers[cache_key] = signer
-        return self._signers[cache_key]
+        candidates = [sender_domain]
+        parts = sender_domain.split(".")
+        candidates += [".".join(parts[i:]) for i in range(1, len(parts) - 1)]
+        for name in candidates:
+            key = await signing_key(self.ctx.pipeline, org_id, name)
+            if key is None or not is_same_or_subdomain(sender_domain, key.domain):
+                continue
+            cache_key = (org_id, key.domain, key.selector, hashlib.sha256(key.private_sealed).digest())
+            signer = self._signers.get(cache_key)
+            if signer is None:
+                pem = self.ctx.master_key.open(key.private_sealed, context=key.domain)
+                signer = DkimSigner(key.domain, key.selector, pem)
+                if len(self._signers) >= SIGNER_CACHE_SIZE:
+                    self._signers.clear()
+                self._signers[cache_key] = signer
+            return signer
+        return None
 
     async def handle_routed(self, event: CloudEvent) -> CloudEvent | None:
         data = event_data(event, MessageRouted)
@@ -127,35 +140,35 @@ class SenderNode:
         if claimed is None:
             return None  # a duplicate event, or another node took it
         message = claimed.key
-        body = normalise_line_endings(claimed.raw)
-        signer = await self._signer(message.organization_id, claimed.mail_from)
-        if signer is not None:
-            body = signer.signature_header(body) + body
         by_domain: dict[str, list[str]] = defaultdict(list)
         for address, domain in claimed.recipients:
             by_domain[domain].append(address)
-        attempts = await asyncio.gather(
+        try:
+            signer = await self._signer(message.organization_id, claimed.mail_from)
+            payload: Payload | BaseException = Payload(normalise_line_endings(claimed.raw), signer)
+        except Exception as exc:  # recorded for every destination below, like any other failure
+            payload = exc
+        results = await asyncio.gather(
             *(
-                self._attempt(domain, rcpts, claimed.mail_from, body, data.outbound_ip)
+                self._deliver_and_record(
+                    message.id, domain, rcpts, claimed.mail_from, payload, data.outbound_ip
+                )
                 for domain, rcpts in by_domain.items()
-            )
+            ),
+            return_exceptions=True,
         )
-        if not await pipeline.record_attempts(self.ctx.pipeline, message.id, self.name, attempts):
+        for result in results:
+            if isinstance(result, BaseException):  # the database failed us: the lease runs out
+                log_event(
+                    logger,
+                    "recording failed",
+                    logging.ERROR,
+                    message_id=message.id,
+                    error=type(result).__name__,
+                )
+        if not await pipeline.finish_sending(self.ctx.pipeline, message.id, self.name):
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=message.id)
             return None
-        for a in attempts:
-            log_event(
-                logger,
-                "attempt",
-                message_id=message.id,
-                domain=a.domain,
-                mx_host=a.mx_host,
-                egress_source=a.source_ip,
-                tls=a.tls_version,
-                code=a.code,
-                enhanced=a.enhanced,
-                duration_ms=a.duration_ms,
-            )
         return make_event(
             EventType.DELIVERY_ATTEMPTED,
             DeliveryAttempted(
@@ -166,18 +179,68 @@ class SenderNode:
             ),
         )
 
+    async def _deliver_and_record(
+        self,
+        message_id: UUID,
+        domain: str,
+        recipients: list[str],
+        mail_from: str,
+        payload: Payload | BaseException,
+        source_ip: str,
+    ) -> None:
+        """One destination, start to end: its outcome is stored the moment it is known, so a
+        crash later never sends to recipients that already have the message."""
+        if isinstance(payload, BaseException):
+            attempt = await contained(_reraise(payload), domain, recipients, source_ip)
+        else:
+            attempt = await contained(
+                self._attempt(domain, recipients, mail_from, payload, source_ip),
+                domain,
+                recipients,
+                source_ip,
+            )
+        delivered = [
+            address
+            for address, (code, enhanced, text) in attempt.replies.items()
+            if classify(RecipientResult(code, enhanced, text)) == "delivered"
+        ]
+        if not await pipeline.record_destination(
+            self.ctx.pipeline, message_id, self.name, attempt, delivered
+        ):
+            log_event(
+                logger, "lease lost before recording", logging.WARNING, message_id=message_id, domain=domain
+            )
+        log_event(
+            logger,
+            "attempt",
+            message_id=message_id,
+            domain=domain,
+            mx_host=attempt.mx_host,
+            egress_source=attempt.source_ip,
+            tls=attempt.tls_version or "none",
+            code=attempt.code,
+            enhanced=attempt.enhanced,
+            duration_ms=attempt.duration_ms,
+        )
+        metrics.ATTEMPTS.labels(classify(RecipientResult(attempt.code, attempt.enhanced, attempt.text))).inc()
+
     async def _attempt(
-        self, domain: str, recipients: list[str], mail_from: str, body: bytes, source_ip: str
+        self, domain: str, recipients: list[str], mail_from: str, payload: Payload, source_ip: str
     ) -> pipeline.AttemptRecord:
         started = time.monotonic()
+        mx_domain = ascii_domain(domain)
+        if mx_domain is None:
+            return failed_attempt(
+                domain, recipients, source_ip, "5.1.2", f"{domain} is no valid domain", started
+            )
         try:
-            hosts = await resolve_destination(self.resolver, domain, source_ip, self.rng)
+            hosts = await resolve_destination(self.resolver, mx_domain, source_ip, self.rng)
         except DeliveryDnsError as exc:
             return failed_attempt(domain, recipients, source_ip, exc.enhanced, exc.text, started)
         return await deliver(
             domain,
             hosts,
-            Envelope(mail_from, recipients, body),
+            Envelope(mail_from, recipients, payload),
             cache=self.connections,
             source_ip=source_ip,
             port=self.settings.delivery_port,
@@ -185,3 +248,7 @@ class SenderNode:
             tls=self.tls,
             step_timeout=self.settings.smtp_client_timeout_seconds,
         )
+
+
+async def _reraise(exc: BaseException) -> pipeline.AttemptRecord:
+    raise exc

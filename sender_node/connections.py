@@ -25,6 +25,9 @@ class CachedConnection:
     tls_version: str | None
     opened_at: float
     idle_since: float = 0.0
+    # For the attempt log: the TLS version, or why the connection is in cleartext
+    # ("none, handshake failed: …"); None when the MX offered no STARTTLS.
+    tls_note: str | None = None
 
 
 class ConnectionCache:

@@ -11,6 +11,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from remails.dns import describe_dns_error
+
 __all__ = ["DeliveryDnsError", "MxHost", "order_mx", "resolve_destination"]
 
 
@@ -50,7 +52,7 @@ async def _mx_records(resolver: dns.asyncresolver.Resolver, domain: str) -> list
     except dns.resolver.NoAnswer:
         return [(0, domain)]  # implicit MX: the domain's own address records
     except dns.exception.DNSException as exc:
-        raise DeliveryDnsError("4.4.3", f"MX lookup for {domain} failed: {type(exc).__name__}") from exc
+        raise DeliveryDnsError("4.4.3", f"MX lookup for {domain} failed: {describe_dns_error(exc)}") from exc
     records = [(int(r.preference), str(r.exchange)) for r in answer]
     if len(records) == 1 and records[0][1] in (".", ""):
         raise DeliveryDnsError("5.1.10", f"domain {domain} accepts no mail (null MX)")

@@ -1,11 +1,13 @@
 """One SMTP transaction to one destination: try its MX hosts in order, from the egress source,
-with opportunistic STARTTLS (RFC 7435), reusing an idle connection to the same MX when there
+with opportunistic STARTTLS (RFC 7435) that falls back to cleartext on the same MX when the
+handshake fails (like Postfix's `may`), reusing an idle connection to the same MX when there
 is one, and record every recipient's reply."""
 
 from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -14,8 +16,10 @@ from remails.db.pipeline import AttemptRecord
 from remails.outcomes import split_enhanced
 from sender_node.connections import CachedConnection, ConnectionCache
 from sender_node.mx import MxHost
+from sender_node.payload import Payload
+from sender_node.transaction_plan import mail_options, plan_transaction
 
-__all__ = ["Envelope", "TlsPolicy", "deliver", "failed_attempt"]
+__all__ = ["Envelope", "TlsPolicy", "contained", "deliver", "failed_attempt"]
 
 Reply = tuple[int | None, str | None, str]
 
@@ -24,21 +28,23 @@ Reply = tuple[int | None, str | None, str]
 class Envelope:
     mail_from: str
     recipients: list[str]
-    data: bytes  # signed, CRLF line endings
+    payload: Payload
 
 
-@dataclass(frozen=True)
 class TlsPolicy:
-    require_verified: bool
+    """How to use STARTTLS, with its one client context (building one costs ~20 ms)."""
 
-    def context(self) -> ssl.SSLContext:
-        if self.require_verified:
-            return ssl.create_default_context()
-        # Opportunistic TLS: encrypt even when the certificate cannot be verified (RFC 7435).
+    def __init__(self, *, require_verified: bool) -> None:
+        self.require_verified = require_verified
         context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
+        if not require_verified:
+            # Opportunistic TLS: encrypt even when the certificate cannot be verified (RFC 7435).
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self.context = context
+
+    def __repr__(self) -> str:
+        return f"TlsPolicy(require_verified={self.require_verified})"
 
 
 @dataclass(frozen=True)
@@ -67,19 +73,8 @@ def _reply(code: int, message: str) -> tuple[int, str | None, str]:
     return code, enhanced, text
 
 
-def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> list[str]:
-    options = []
-    if client.supports_extension("size"):
-        options.append(f"SIZE={len(envelope.data)}")
-    if client.supports_extension("8bitmime") and not envelope.data.isascii():
-        options.append("BODY=8BITMIME")
-    if client.supports_extension("smtputf8") and not envelope.mail_from.isascii():
-        options.append("SMTPUTF8")
-    return options
-
-
-async def _connect(path: Path) -> CachedConnection:
-    client = aiosmtplib.SMTP(
+def _client(path: Path) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(
         hostname=path.ip,
         port=path.port,
         local_hostname=path.hostname,
@@ -87,45 +82,105 @@ async def _connect(path: Path) -> CachedConnection:
         start_tls=False,
         timeout=path.step_timeout,
     )
+
+
+async def _greet(path: Path) -> aiosmtplib.SMTP:
+    client = _client(path)
     try:
         await client.connect()
         await client.ehlo()
-        if client.supports_extension("starttls"):
-            await client.starttls(server_hostname=path.host.name, tls_context=path.tls.context())
-            await client.ehlo()
-        elif path.tls.require_verified:
-            raise _ConnectionFailed("4.7.5 TLS required but the server does not offer STARTTLS")
-    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+    except (aiosmtplib.SMTPException, OSError) as exc:
         client.close()
         raise _ConnectionFailed(f"{path.host.name}[{path.ip}]: {type(exc).__name__}: {exc}") from exc
+    return client
+
+
+def _tls_failure(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+async def _connect(path: Path) -> CachedConnection:
+    client = await _greet(path)
+    if not client.supports_extension("starttls"):
+        if path.tls.require_verified:
+            client.close()
+            raise _ConnectionFailed(f"4.7.5 TLS required but {path.host.name} does not offer STARTTLS")
+        return CachedConnection(client, None, time.monotonic())
+    try:
+        await client.starttls(server_hostname=path.host.name, tls_context=path.tls.context)
+    except aiosmtplib.SMTPResponseException as exc:  # refused with a reply: still in cleartext
+        if path.tls.require_verified or not client.is_connected:
+            client.close()
+            raise _ConnectionFailed(f"{path.host.name}[{path.ip}]: STARTTLS refused: {exc.code}") from exc
+        note = f"none, STARTTLS refused: {exc.code} {exc.message}"[:200]
+        return CachedConnection(client, None, time.monotonic(), tls_note=note)
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        return await _cleartext_after(path, client, exc)
+    try:
+        await client.ehlo()
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:  # dropped right after the handshake
+        return await _cleartext_after(path, client, exc)
     ssl_object = client.get_transport_info("ssl_object")
     tls_version = ssl_object.version() if ssl_object is not None else None
-    return CachedConnection(client, tls_version, time.monotonic())
+    return CachedConnection(client, tls_version, time.monotonic(), tls_note=tls_version)
+
+
+async def _cleartext_after(path: Path, client: aiosmtplib.SMTP, exc: BaseException) -> CachedConnection:
+    """After a failed TLS handshake: like Postfix's `may`, the same MX again in cleartext;
+    with verified TLS required, this MX has failed."""
+    client.close()
+    reason = _tls_failure(exc)
+    if path.tls.require_verified:
+        raise _ConnectionFailed(f"{path.host.name}[{path.ip}]: TLS failed: {reason}") from exc
+    fresh = await _greet(path)
+    return CachedConnection(fresh, None, time.monotonic(), tls_note=f"none, handshake failed: {reason}")
+
+
+async def _command(client: aiosmtplib.SMTP, verb: bytes, argument: bytes, *options: str) -> Reply | None:
+    """One MAIL or RCPT with the address exactly as planned (aiosmtplib's own would re-parse
+    it); None on success, else the refusal."""
+    response = await client.execute_command(verb, argument, *(o.encode("ascii") for o in options))
+    if response.code in (250, 251):
+        return None
+    return _reply(response.code, response.message)
 
 
 async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[dict[str, Reply], Reply]:
     """MAIL, RCPT for each recipient, DATA if any was accepted; the replies per recipient."""
-    replies: dict[str, Reply] = {}
+    offers = set(client.esmtp_extensions)
+    payload = envelope.payload
+    plan = plan_transaction(
+        envelope.mail_from,
+        envelope.recipients,
+        eight_bit=payload.eight_bit,
+        utf8_headers=payload.utf8_headers,
+        offers=offers,
+    )
+    replies: dict[str, Reply] = dict(plan.refused)
+    if not plan.recipients:
+        return replies, next(iter(replies.values()))
+    data = payload.data(seven_bit=plan.seven_bit)
+    encoding = "utf-8" if plan.smtputf8 else "ascii"
     try:
-        try:
-            await client.mail(envelope.mail_from, options=_mail_options(client, envelope))
-        except aiosmtplib.SMTPResponseException as exc:
-            refusal = _reply(exc.code, exc.message)
-            return {r: refusal for r in envelope.recipients}, refusal
+        sender = b"FROM:<" + plan.mail_from.encode(encoding) + b">"
+        refusal = await _command(client, b"MAIL", sender, *mail_options(plan, len(data), offers))
+        if refusal is not None:
+            return {**replies, **{r: refusal for r in plan.recipients}}, refusal
         accepted = []
-        for rcpt in envelope.recipients:
-            try:
-                await client.rcpt(rcpt)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                replies[rcpt] = _reply(exc.code, exc.message)
+        for address, wire in plan.recipients.items():
+            refusal = await _command(client, b"RCPT", b"TO:<" + wire.encode(encoding) + b">")
+            if refusal is None:
+                accepted.append(address)
+            else:
+                replies[address] = refusal
         if not accepted:
             await client.rset()
             return replies, next(iter(replies.values()))
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
         raise _LostBeforeData(str(exc)) from exc
     try:
-        response = await client.data(envelope.data)
+        response = await client.data(data)
         final: Reply = _reply(response.code, response.message)
     except aiosmtplib.SMTPResponseException as exc:
         final = _reply(exc.code, exc.message)
@@ -168,7 +223,7 @@ async def deliver(
                 recipients=envelope.recipients,
                 mx_host=host.name,
                 source_ip=source_ip,
-                tls_version=connection.tls_version,
+                tls_version=connection.tls_note,
                 code=code,
                 enhanced=enhanced,
                 text=text,
@@ -191,6 +246,9 @@ async def _on_path(
         except _LostBeforeData:
             connection.client.close()
             connection = None
+        except BaseException:
+            connection.client.close()
+            raise
     if connection is None:
         connection = await _connect(path)
         try:
@@ -218,3 +276,16 @@ def failed_attempt(
         duration_ms=int((time.monotonic() - started) * 1000),
         replies={r: (None, enhanced, text) for r in recipients},
     )
+
+
+async def contained(
+    attempt: Awaitable[AttemptRecord], domain: str, recipients: list[str], source_ip: str
+) -> AttemptRecord:
+    """The attempt's record or, whatever it raised, this destination's temporary failure
+    (4.3.0 with the reason): an exception never escapes one destination's delivery."""
+    started = time.monotonic()
+    try:
+        return await attempt
+    except Exception as exc:
+        reason = f"local error while delivering: {type(exc).__name__}: {exc}"[:300]
+        return failed_attempt(domain, recipients, source_ip, "4.3.0", reason, started)

@@ -11,23 +11,37 @@ import binascii
 import logging
 import time
 from datetime import UTC, datetime
-from email.utils import format_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
+from remails import metrics
 from remails.context import Context
 from remails.db import orgs
-from remails.db.credentials import SmtpIdentity, authenticate_smtp
+from remails.db.credentials import SmtpIdentity, authenticate_smtp, get_smtp_credential
 from remails.db.messages import NewMessage, insert_message
 from remails.errors import AuthRequired, BareLineEnding, TemporaryFailure
 from remails.events import EventType, MessageEvent, make_event
 from remails.log import log_event
-from remails.message_headers import has_bare_line_ending, prepend_headers
+from remails.message_headers import (
+    has_bare_line_ending,
+    prepend_headers,
+    prepend_headers_in_place,
+    received_header,
+    trace_domain,
+)
 from remails.sending_policy import address_domain, check_sender
-from smtp_edge.policy import check_recipient_count, trusted_project
-from smtp_edge.replies import AUTH_THROTTLED, BAD_RECIPIENT, RECIPIENT_OK, SENDER_OK, queued
+from smtp_edge.policy import check_address_charset, check_recipient_count, trusted_project
+from smtp_edge.replies import (
+    AUTH_THROTTLED,
+    BAD_RECIPIENT,
+    CREDENTIAL_REVOKED,
+    RECIPIENT_OK,
+    SENDER_OK,
+    queued,
+)
+from smtp_edge.store_budget import StoreBudget
 from smtp_edge.throttle import AuthThrottle
 
 if TYPE_CHECKING:
@@ -53,15 +67,11 @@ class EdgeHandler:
         self.ctx = ctx
         self.settings = ctx.settings
         self.throttle = throttle
+        self.store_budget = StoreBudget(ctx.settings.smtp_store_budget_bytes)
         self.storing = 0  # DATA hooks in progress, for a graceful shutdown
         self._facts: dict[UUID, tuple[float, orgs.SenderFacts]] = {}
 
     # -- connection -----------------------------------------------------------------------
-
-    async def handle_PROXY(
-        self, server: EdgeSMTP, session: Session, envelope: Envelope, proxy_data: Any
-    ) -> bool:
-        return bool(proxy_data.valid)
 
     async def handle_EHLO(
         self,
@@ -119,8 +129,9 @@ class EdgeHandler:
         username = login.decode("utf-8", errors="replace")[:128]
         keys = [f"ip:{ip}", f"user:{username}"]
         now = time.monotonic()
-        if self.throttle.blocked(keys, now):
+        if not self.throttle.reserve(keys, now):  # counted before the lookup's await
             log_event(logger, "auth throttled", logging.WARNING, client_ip=ip, username=username)
+            metrics.AUTH_FAILURES.inc()
             await server.push(str(AUTH_THROTTLED))
             if server.transport is not None:
                 server.transport.close()
@@ -129,9 +140,10 @@ class EdgeHandler:
             self.ctx.pool, username, password.decode("utf-8", errors="replace")
         )
         if identity is None:
-            self.throttle.record_failure(keys, now)
             log_event(logger, "auth failed", logging.WARNING, client_ip=ip, username=username)
+            metrics.AUTH_FAILURES.inc()
             return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd answers 535
+        self.throttle.succeeded(keys, now)
         log_event(logger, "auth ok", client_ip=ip, username=username, project_id=identity.project_id)
         return AuthResult(success=True, auth_data=identity)
 
@@ -159,6 +171,13 @@ class EdgeHandler:
         identity = SmtpIdentity(None, facts.project_id, facts.organization_id)
         session.auth_data = identity  # type: ignore[assignment]  # aiosmtpd types it as None
         return identity
+
+    async def _credential_live(self, identity: SmtpIdentity) -> bool:
+        """A credential revoked while its session is open is refused for good (5.7.8), not
+        stored against a missing row (a 451 the client would retry forever)."""
+        if identity.credential_id is None:  # a trusted network: no credential to revoke
+            return True
+        return await get_smtp_credential(self.ctx.pool, identity.credential_id) is not None
 
     async def _sender_facts(self, project_id: UUID) -> orgs.SenderFacts | None:
         """A project's facts, kept for FACTS_SECONDS: the edge's check is an early courtesy
@@ -190,6 +209,11 @@ class EdgeHandler:
         facts = await self._sender_facts(identity.project_id)
         if facts is None:  # the project was deleted during the session
             return AuthRequired().smtp_reply()
+        if not await self._credential_live(identity):
+            return str(CREDENTIAL_REVOKED)
+        charset = check_address_charset(address, envelope.smtp_utf8)
+        if charset is not None:
+            return str(charset)
         refusal = check_sender(facts, address)
         if refusal is not None:
             log_event(
@@ -218,6 +242,9 @@ class EdgeHandler:
             return refusal.smtp_reply()
         if address_domain(address) is None:
             return str(BAD_RECIPIENT)
+        charset = check_address_charset(address, envelope.smtp_utf8)
+        if charset is not None:
+            return str(charset)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return str(RECIPIENT_OK)
@@ -230,6 +257,8 @@ class EdgeHandler:
         identity = session.auth_data
         if not isinstance(identity, SmtpIdentity) or envelope.mail_from is None:
             return AuthRequired().smtp_reply()
+        if not await self._credential_live(identity):
+            return str(CREDENTIAL_REVOKED)
         self.storing += 1
         try:
             return await self._store(server, session, envelope, identity, data)
@@ -247,15 +276,25 @@ class EdgeHandler:
         assert envelope.mail_from is not None
         message_id = uuid4()
         now = datetime.now(UTC)
-        protocol = "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
+        kind = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"  # RFC 6531 §4.3
+        protocol = kind + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
         # The client's IP is left out of the trace on purpose: it is the customer's server.
-        trace = (
-            f"Received: from {session.host_name or 'unknown'} by {self.settings.hostname}"
-            f" with {protocol} id {message_id}; {format_datetime(now)}"
+        trace = received_header(
+            from_domain=trace_domain(session.host_name),
+            by=self.settings.hostname,
+            protocol=protocol,
+            message_id=str(message_id),
+            now=now,
         )
-        raw, message_id_header = prepend_headers(
-            data, hostname=self.settings.hostname, message_id=str(message_id), now=now, trace=trace
-        )
+        if isinstance(data, bytearray):  # the edge's DATA buffer: headers go in without a copy
+            raw: bytes | bytearray = data
+            message_id_header = prepend_headers_in_place(
+                data, hostname=self.settings.hostname, message_id=str(message_id), now=now, trace=trace
+            )
+        else:
+            raw, message_id_header = prepend_headers(
+                data, hostname=self.settings.hostname, message_id=str(message_id), now=now, trace=trace
+            )
         new = NewMessage(
             organization_id=identity.organization_id,
             project_id=identity.project_id,
@@ -267,7 +306,8 @@ class EdgeHandler:
             id=message_id,
         )
         try:
-            await insert_message(self.ctx.pool, new, self.settings.message_lifetime_seconds)
+            async with self.store_budget.hold(len(raw)):
+                await insert_message(self.ctx.pool, new, self.settings.message_lifetime_seconds)
         except Exception as exc:
             log_event(
                 logger,
@@ -284,6 +324,7 @@ class EdgeHandler:
             project_id=identity.project_id,
             recipients=len(new.recipients),
             size=len(raw),
+            worker=self.settings.worker_index,
         )
         event = make_event(
             EventType.MESSAGE_RECEIVED,
@@ -303,4 +344,5 @@ class EdgeHandler:
                 message_id=message_id,
                 error=type(exc).__name__,
             )
+        metrics.ACCEPTED.labels("smtp").inc()
         return queued(str(message_id))

@@ -8,9 +8,29 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from remails.errors import Refusal, TooManyRecipients
+from remails.addresses import parse_mailbox
+from remails.errors import Refusal, Reply, TooManyRecipients
 
-__all__ = ["check_recipient_count", "trusted_project"]
+__all__ = [
+    "BAD_UTF8_ADDRESS",
+    "UTF8_NEEDS_SMTPUTF8",
+    "check_address_charset",
+    "check_recipient_count",
+    "trusted_project",
+]
+
+UTF8_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter on MAIL")
+BAD_UTF8_ADDRESS = Reply(553, "5.1.3", "Not a valid UTF-8 mailbox address")
+
+
+def check_address_charset(address: str, smtputf8: bool) -> Reply | None:
+    """RFC 6531: a UTF-8 address only in a transaction whose MAIL carried SMTPUTF8, and then
+    a well-formed one (undecodable bytes arrive as surrogates and are refused)."""
+    if address.isascii():
+        return None
+    if not smtputf8:
+        return UTF8_NEEDS_SMTPUTF8
+    return None if parse_mailbox(address) is not None else BAD_UTF8_ADDRESS
 
 
 def check_recipient_count(already: int, limit: int) -> Refusal | None:

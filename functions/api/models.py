@@ -6,8 +6,9 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from remails.addresses import parse_mailbox
 from remails.text import ClientInput
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ProjectCreate",
     "ProjectOut",
     "ProjectUpdate",
+    "QuotaOut",
     "RawSendRequest",
     "RecipientOut",
     "SmtpCredentialCreate",
@@ -53,6 +55,15 @@ Retention = Annotated[int, Field(ge=1, le=3650)]
 _In = ClientInput
 
 
+def _one_address(value: str) -> str:
+    if parse_mailbox(value) is None:
+        raise ValueError("is not one bare address (local@domain)")
+    return value
+
+
+NotificationEmail = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_one_address)]
+
+
 class OrganizationCreate(_In):
     name: Name
     monthly_quota: Quota | None = None
@@ -62,6 +73,15 @@ class OrganizationUpdate(_In):
     name: Name | None = None
     monthly_quota: Quota | None = Field(default=None, description="operator only")
     block_status: BlockStatus | None = Field(default=None, description="operator only")
+    notification_email: NotificationEmail | None = Field(
+        default=None, description="where notifications are mailed (null clears it)"
+    )
+
+
+class QuotaOut(BaseModel):
+    limit: int
+    used: int
+    resets_at: datetime
 
 
 class OrganizationOut(BaseModel):
@@ -73,6 +93,8 @@ class OrganizationOut(BaseModel):
     block_status: BlockStatus
     ip_pool_id: UUID | None
     created_at: datetime
+    notification_email: str | None = None
+    quota: QuotaOut
 
 
 class ProjectCreate(_In):
@@ -111,6 +133,7 @@ class DomainOut(BaseModel):
     dkim_selector: str
     verified: bool
     verified_at: datetime | None
+    status: Literal["pending", "verified", "invalid"] = "pending"
     project_ids: list[UUID]
     dns_records: list[DnsRecordOut]
 
@@ -119,6 +142,7 @@ class RecordCheckOut(BaseModel):
     ok: bool
     found: list[str]
     expected: str
+    reason: str | None = Field(default=None, description="why the check failed, in words")
 
 
 class DomainVerification(BaseModel):
@@ -166,9 +190,20 @@ class MessageAccepted(BaseModel):
     status: str
 
 
+def _bare_address(value: str) -> str:
+    """Exactly one bare address (RFC 5321, UTF-8 per RFC 6531), kept as given: the string
+    checked here is the string the sender puts in MAIL FROM / RCPT TO."""
+    if parse_mailbox(value) is None:
+        raise ValueError("is not one bare address (local@domain, no name, brackets or list)")
+    return value
+
+
+BareAddress = Annotated[str, Field(max_length=320), AfterValidator(_bare_address)]
+
+
 class RawSendRequest(_In):
-    mail_from: Annotated[str, Field(max_length=320)]
-    recipients: Annotated[list[Annotated[str, Field(max_length=320)]], Field(min_length=1, max_length=50)]
+    mail_from: BareAddress
+    recipients: Annotated[list[BareAddress], Field(min_length=1, max_length=50)]
     raw: Annotated[str, Field(min_length=1, description="the RFC 5322 message, base64")]
     label: Annotated[str | None, Field(max_length=100)] = None
     metadata: dict[str, Annotated[str, Field(max_length=1000)]] = Field(default_factory=dict, max_length=50)
@@ -207,6 +242,8 @@ class RecipientOut(BaseModel):
     last_text: str | None
     attempts: int
     delivered_at: datetime | None
+    suppressed: bool = Field(default=False, description="the address is on the suppression list now")
+    suppression_reason: str | None = None
 
 
 class AttemptOut(BaseModel):
@@ -229,6 +266,7 @@ class MessageDetail(_MessageFields):
     expires_at: datetime
     recipients: list[RecipientOut]
     attempt_log: list[AttemptOut]
+    explanation: str = Field(default="", description="where the message is and why, in words")
 
 
 class SuppressionCreate(_In):

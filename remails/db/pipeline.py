@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from remails.db.rows import Executor
 
 __all__ = [
+    "BLOCKED_REASON",
     "AttemptRecord",
     "Attempted",
     "Claimed",
@@ -30,17 +30,16 @@ __all__ = [
     "apply_outcome",
     "apply_validation",
     "claim_for_sending",
+    "finish_sending",
+    "hold_blocked",
     "load_attempted",
     "load_message",
     "load_to_route",
     "load_to_validate",
-    "record_attempts",
+    "record_destination",
     "release_node_leases",
     "set_route",
 ]
-
-# Headers are what validation reads; a header block larger than this is malformed anyway.
-HEADER_READ_LIMIT = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -103,6 +102,30 @@ async def advance(
     return await conn.fetchval(_ADVANCE, message_id, list(expected), new, reason) is not None
 
 
+# -- moderation -------------------------------------------------------------------------------
+
+BLOCKED_REASON = "sending is blocked for this organization"
+
+# Every transition below moves a message only while `organization_may_send`; when one finds
+# nothing to move, its handler calls hold_blocked: the expected state → held, remembering
+# that state (resume_status) so lifting the block resumes the message where it stopped.
+_HOLD_BLOCKED = """
+WITH m AS (
+    UPDATE messages SET status = 'held', resume_status = status, reason = $3, updated_at = now()
+     WHERE id = $1 AND status = ANY($2::message_status[]) AND NOT organization_may_send(organization_id)
+    RETURNING id
+)
+SELECT enqueue_webhooks(id, 'message.held') FROM m
+"""
+
+
+async def hold_blocked(conn: Executor, message_id: UUID, expected: Sequence[str]) -> int | None:
+    """Hold the message if its organization is blocked; None when it was not held (not in an
+    expected state, or not blocked), else how many webhooks were queued."""
+    queued: int | None = await conn.fetchval(_HOLD_BLOCKED, message_id, list(expected), BLOCKED_REASON)
+    return queued
+
+
 # -- validate ---------------------------------------------------------------------------------
 
 
@@ -117,9 +140,12 @@ class ToValidate:
     verified_domains: list[str]
 
 
-_TO_VALIDATE = f"""
+# The whole header block, however long (up to the first empty line; all of it without one):
+# a header field placed late counts as much as an early one.
+_TO_VALIDATE = """
 SELECT m.id, m.organization_id, m.project_id, m.status::text, m.mail_from,
-       substring(m.raw FROM 1 FOR {HEADER_READ_LIMIT}) AS head,
+       substring(m.raw FROM 1 FOR COALESCE(NULLIF(position('\\x0d0a0d0a'::bytea IN m.raw), 0) + 1,
+                                            octet_length(m.raw))) AS head,
        ARRAY(SELECT r.address FROM recipients r WHERE r.message_id = m.id ORDER BY r.id) AS recipients,
        ARRAY(SELECT s.address FROM recipients r JOIN suppressions s
                 ON s.organization_id = m.organization_id AND s.address = lower(r.address)
@@ -150,7 +176,7 @@ _VALIDATED = """
 WITH m AS (
     UPDATE messages SET status = $2::message_status, reason = $3, updated_at = now(),
            finished_at = CASE WHEN $2::text = 'rejected' THEN now() END
-     WHERE id = $1 AND status = 'received'
+     WHERE id = $1 AND status = 'received' AND organization_may_send(organization_id)
     RETURNING id
 ), r AS (
     UPDATE recipients SET status = 'suppressed', last_text = 'address is on the suppression list',
@@ -180,10 +206,12 @@ async def apply_validation(
 # admit: count the message against its organization's monthly quota, atomically. The message
 # row is locked first (a duplicate waits, then finds it moved); the organization row is
 # updated under its own lock with the quota re-checked, so concurrent messages never
-# over-count. A quota period that started before this month is reset here.
+# over-count. A quota period that started before this month is reset here. Crossing 80 % or
+# 100 % writes the organization's notification in the same statement.
 _ADMIT = """
 WITH m AS (
-    SELECT id, organization_id FROM messages WHERE id = $1 AND status = 'validated' FOR UPDATE
+    SELECT id, organization_id FROM messages
+     WHERE id = $1 AND status = 'validated' AND organization_may_send(organization_id) FOR UPDATE
 ), counted AS (
     UPDATE organizations o
        SET quota_used = CASE WHEN o.quota_period_start < date_trunc('month', now())::date
@@ -192,7 +220,21 @@ WITH m AS (
       FROM m
      WHERE o.id = m.organization_id
        AND (o.quota_period_start < date_trunc('month', now())::date OR o.quota_used < o.monthly_quota)
-    RETURNING o.id
+    RETURNING o.id, o.quota_used, o.monthly_quota, o.quota_period_start
+), noticed AS (
+    -- quota.warning at 80 %, quota.exhausted at 100 %: once a month each (the once-key).
+    INSERT INTO notifications (organization_id, kind, message, details, once_key)
+    SELECT c.id, k.kind,
+           'Monthly quota: ' || c.quota_used || ' of ' || c.monthly_quota || ' messages used'
+             || CASE WHEN k.kind = 'quota.exhausted' THEN '; further messages are held' ELSE '' END,
+           jsonb_build_object('used', c.quota_used, 'limit', c.monthly_quota,
+                              'month', to_char(c.quota_period_start, 'YYYY-MM')),
+           to_char(c.quota_period_start, 'YYYY-MM')
+      FROM counted c, (VALUES ('quota.warning'), ('quota.exhausted')) AS k(kind)
+     WHERE CASE k.kind WHEN 'quota.warning' THEN c.quota_used * 5 >= c.monthly_quota * 4
+                                                  AND c.quota_used < c.monthly_quota
+                       ELSE c.quota_used >= c.monthly_quota END
+    ON CONFLICT (organization_id, kind, once_key) WHERE once_key IS NOT NULL DO NOTHING
 ), moved AS (
     UPDATE messages
        SET status = CASE WHEN EXISTS (SELECT 1 FROM counted) THEN 'admitted'::message_status
@@ -252,7 +294,7 @@ async def set_route(conn: Executor, message_id: UUID, outbound_ip: str) -> bool:
     """admitted → routed, with the chosen egress source."""
     result = await conn.fetchval(
         "UPDATE messages SET status = 'routed', outbound_ip = $2::inet, reason = NULL, updated_at = now()"
-        " WHERE id = $1 AND status = 'admitted' RETURNING id",
+        " WHERE id = $1 AND status = 'admitted' AND organization_may_send(organization_id) RETURNING id",
         message_id,
         outbound_ip,
     )
@@ -271,13 +313,20 @@ class Claimed:
 
 
 # claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt
-# and returns what the sender needs, in one statement.
+# and returns what the sender needs, in one statement. A blocked organization's message is
+# held instead (resuming at admitted: routed again when released).
 _CLAIM = """
-WITH c AS (
+WITH held AS (
+    UPDATE messages SET status = 'held', resume_status = 'admitted', reason = $5, updated_at = now()
+     WHERE id = $1 AND status = 'routed' AND outbound_ip = $2::inet
+       AND NOT organization_may_send(organization_id)
+    RETURNING id
+), c AS (
     UPDATE messages
        SET status = 'sending', lease_owner = $3, lease_until = now() + make_interval(secs => $4),
            attempts = attempts + 1, updated_at = now()
      WHERE id = $1 AND status = 'routed' AND outbound_ip = $2::inet
+       AND organization_may_send(organization_id)
     RETURNING id, organization_id, project_id, mail_from, raw
 )
 SELECT c.*,
@@ -285,14 +334,15 @@ SELECT c.*,
               WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS addresses,
        ARRAY(SELECT r.domain FROM recipients r
               WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS domains
-  FROM c
+-- The WHERE (a one-time filter) queues the held message's webhooks whether or not c has a row.
+  FROM c WHERE (SELECT count(enqueue_webhooks(id, 'message.held')) FROM held) >= 0
 """
 
 
 async def claim_for_sending(
     conn: Executor, message_id: UUID, outbound_ip: str, node: str, lease_seconds: float
 ) -> Claimed | None:
-    row = await conn.fetchrow(_CLAIM, message_id, outbound_ip, node, lease_seconds)
+    row = await conn.fetchrow(_CLAIM, message_id, outbound_ip, node, lease_seconds, BLOCKED_REASON)
     if row is None:
         return None
     key = MessageKey(row["id"], row["organization_id"], row["project_id"])
@@ -317,54 +367,71 @@ class AttemptRecord:
     replies: dict[str, tuple[int | None, str | None, str]]  # address → (code, enhanced, text)
 
 
-# record_attempts: sending → attempted with every reply and attempt row stored, only for the
-# node holding the lease, in one statement.
+# record_destination: one destination's attempt row and its recipients' replies, stored as
+# soon as that destination is done (not when the whole message is), only for the node holding
+# the lease. A recipient whose reply is final and positive is marked delivered right here, so
+# a crash before the message is finished never sends to it again (the claim skips it).
 _RECORD = """
 WITH m AS (
-    UPDATE messages SET status = 'attempted', lease_owner = NULL, lease_until = NULL, updated_at = now()
-     WHERE id = $1 AND status = 'sending' AND lease_owner = $2
-    RETURNING id
+    SELECT id FROM messages WHERE id = $1 AND status = 'sending' AND lease_owner = $2 FOR UPDATE
 ), r AS (
     UPDATE recipients
        SET last_code = u.code, last_enhanced = u.enhanced, last_text = u.text,
-           attempts = recipients.attempts + 1, updated_at = now()
-      FROM jsonb_to_recordset($3::jsonb) AS u(address text, code int, enhanced text, text text)
+           attempts = recipients.attempts + 1, updated_at = now(),
+           status = CASE WHEN u.delivered THEN 'delivered'::recipient_status ELSE recipients.status END,
+           delivered_at = CASE WHEN u.delivered THEN now() ELSE recipients.delivered_at END
+      FROM jsonb_to_recordset($3::jsonb) AS u(address text, code int, enhanced text, text text,
+                                               delivered boolean)
      WHERE recipients.message_id IN (SELECT id FROM m) AND recipients.address = u.address
+       AND recipients.status IN ('pending', 'deferred')
 ), a AS (
     INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,
                           enhanced, text, duration_ms)
-    SELECT m.id, a.domain, a.recipients, a.mx_host, a.source_ip::inet, a.tls_version, a.code,
-           a.enhanced, a.text, a.duration_ms
-      FROM m, jsonb_to_recordset($4::jsonb) AS a(domain text, recipients text[], mx_host text,
-               source_ip text, tls_version text, code int, enhanced text, text text, duration_ms int)
+    SELECT m.id, $4, $5::text[], $6, $7::inet, $8, $9, $10, $11, $12 FROM m
 )
 SELECT id FROM m
 """
 
 
-async def record_attempts(
-    conn: Executor, message_id: UUID, node: str, attempts: Sequence[AttemptRecord]
+async def record_destination(
+    conn: Executor, message_id: UUID, node: str, attempt: AttemptRecord, delivered: Sequence[str]
 ) -> bool:
+    """Store one destination's outcome; `delivered` are the recipients to mark delivered now.
+    False: the lease is no longer ours (nothing was written)."""
+    done = set(delivered)
     replies = [
-        {"address": address, "code": code, "enhanced": enhanced, "text": text}
-        for a in attempts
-        for address, (code, enhanced, text) in a.replies.items()
+        {"address": address, "code": code, "enhanced": enhanced, "text": text, "delivered": address in done}
+        for address, (code, enhanced, text) in attempt.replies.items()
     ]
-    rows: list[dict[str, Any]] = [
-        {
-            "domain": a.domain,
-            "recipients": a.recipients,
-            "mx_host": a.mx_host,
-            "source_ip": a.source_ip,
-            "tls_version": a.tls_version,
-            "code": a.code,
-            "enhanced": a.enhanced,
-            "text": a.text,
-            "duration_ms": a.duration_ms,
-        }
-        for a in attempts
-    ]
-    return await conn.fetchval(_RECORD, message_id, node, replies, rows) is not None
+    a = attempt
+    found = await conn.fetchval(
+        _RECORD,
+        message_id,
+        node,
+        replies,
+        a.domain,
+        a.recipients,
+        a.mx_host,
+        a.source_ip,
+        a.tls_version,
+        a.code,
+        a.enhanced,
+        a.text,
+        a.duration_ms,
+    )
+    return found is not None
+
+
+# finish_sending: sending → attempted once every destination is recorded, for the lease holder.
+_FINISH = """
+UPDATE messages SET status = 'attempted', lease_owner = NULL, lease_until = NULL, updated_at = now()
+ WHERE id = $1 AND status = 'sending' AND lease_owner = $2
+RETURNING id
+"""
+
+
+async def finish_sending(conn: Executor, message_id: UUID, node: str) -> bool:
+    return await conn.fetchval(_FINISH, message_id, node) is not None
 
 
 async def release_node_leases(conn: Executor, node: str) -> list[MessageKey]:
@@ -387,10 +454,11 @@ class Attempted:
     attempts: int
     expires_at: datetime
     recipients: list[RecipientRow]
+    created_at: datetime | None = None  # when it was accepted (for the accept-to-final figure)
 
 
 _ATTEMPTED = """
-SELECT m.id, m.organization_id, m.project_id, m.status::text, m.attempts, m.expires_at,
+SELECT m.id, m.organization_id, m.project_id, m.status::text, m.attempts, m.expires_at, m.created_at,
        COALESCE((SELECT jsonb_agg(jsonb_build_object(
                     'id', r.id, 'address', r.address, 'domain', r.domain, 'status', r.status,
                     'last_code', r.last_code, 'last_enhanced', r.last_enhanced, 'last_text', r.last_text)
@@ -406,7 +474,7 @@ async def load_attempted(conn: Executor, message_id: UUID) -> Attempted | None:
         return None
     key = MessageKey(row["id"], row["organization_id"], row["project_id"])
     recipients = [RecipientRow(**r) for r in row["recipients"]]
-    return Attempted(key, row["status"], row["attempts"], row["expires_at"], recipients)
+    return Attempted(key, row["status"], row["attempts"], row["expires_at"], recipients, row["created_at"])
 
 
 # apply_outcome: attempted → the decided status, each recipient's new status, and hard

@@ -1,0 +1,31 @@
+"""The bytes of one message as they go out: DKIM-signed, as written or converted to 7-bit for
+an MX without 8BITMIME. Each form is signed once, when an MX first needs it, so what is
+signed is exactly what is sent."""
+
+from __future__ import annotations
+
+from remails.message_headers import header_block
+from sender_node.dkim_signer import DkimSigner
+from sender_node.seven_bit import to_seven_bit
+
+__all__ = ["Payload"]
+
+
+class Payload:
+    def __init__(self, message: bytes, signer: DkimSigner | None) -> None:
+        self._message = message  # CRLF line endings
+        self._signer = signer
+        self.eight_bit = not message.isascii()
+        # RFC 6532 header fields (UTF-8 addresses, unencoded UTF-8 text) need SMTPUTF8.
+        self.utf8_headers = not header_block(message).isascii()
+        self._forms: dict[bool, bytes] = {}
+
+    def data(self, *, seven_bit: bool) -> bytes:
+        """The signed message; `seven_bit` converts 8-bit body parts first."""
+        seven_bit = seven_bit and self.eight_bit
+        form = self._forms.get(seven_bit)
+        if form is None:
+            body = to_seven_bit(self._message) if seven_bit else self._message
+            header = self._signer.signature_header(body) if self._signer is not None else b""
+            form = self._forms[seven_bit] = header + body
+        return form
