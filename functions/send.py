@@ -1,9 +1,8 @@
 """send: accept a message by HTTP, store it and emit `message.received`, like the SMTP edge.
 
-The core (`send_message`, `send_raw`) is mounted by the management API at
-`POST /v1/projects/{project_id}/messages[/raw]`; the functions-framework target `send`
-serves the same two paths on its own (`functions-framework --source functions/send.py
---target send`).
+`send_message` and `send_raw` are mounted by the management API at
+`POST /v1/projects/{project_id}/messages[/raw]`; `functions/send_function.py` serves the
+same two paths as a functions-framework target of its own.
 """
 
 from __future__ import annotations
@@ -11,30 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
-import re
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-import functions_framework.aio
-from pydantic import ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from functions.api.auth import Principal, principal_for
-from functions.api.errors import error_response, validation_response
+from functions.api.auth import Principal
 from functions.api.models import RawSendRequest
 from functions.compose import SendRequest, compose
-from remails import metrics
-from remails.context import Context, function_context
+from remails.acceptance import announce_received
+from remails.context import Context
 from remails.db import orgs
 from remails.db.idempotency import canonical_body, claim_key
 from remails.db.messages import NewMessage, insert_message
-from remails.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RemailsError
-from remails.events import EventType, MessageEvent, make_event
-from remails.log import log_event
+from remails.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from remails.message_headers import (
     MAX_LINE_OCTETS,
     longest_line,
@@ -42,10 +31,9 @@ from remails.message_headers import (
     prepend_headers,
     received_header,
 )
-from remails.rate_limit import TokenBuckets
 from remails.sending_policy import check_sender
 
-__all__ = ["request_digest", "send", "send_message", "send_raw"]
+__all__ = ["Accepted", "request_digest", "send_message", "send_raw"]
 
 Accepted = tuple[int, dict[str, Any]]
 
@@ -106,14 +94,7 @@ async def _store(
                     )
                 return 202, earlier.response
         await insert_message(conn, new, ctx.settings.message_lifetime_seconds)
-    event = MessageEvent(
-        message_id=message_id, organization_id=project.organization_id, project_id=project.id
-    )
-    try:
-        await ctx.publisher.publish(make_event(EventType.MESSAGE_RECEIVED, event))
-    except Exception as exc:  # stored; the sweep re-emits what this missed
-        log_event(logger, "publish failed", logging.WARNING, message_id=message_id, error=type(exc).__name__)
-    metrics.ACCEPTED.labels("http").inc()
+    await announce_received(ctx, new, "http")
     return 202, answer
 
 
@@ -183,50 +164,3 @@ async def send_raw(
         request.metadata,
         idempotency,
     )
-
-
-# -- the standalone functions-framework target ----------------------------------------------
-
-_PATH = re.compile(r"^/v1/projects/(?P<project>[0-9a-fA-F-]{36})/messages(?P<raw>/raw)?/?$")
-_buckets: TokenBuckets | None = None
-
-
-async def handle_send_request(request: Request, ctx: Context, buckets: TokenBuckets) -> Response:
-    match = _PATH.match(request.url.path)
-    if match is None or request.method != "POST":
-        return error_response(404, "not_found", "POST /v1/projects/{project_id}/messages[/raw]")
-    try:
-        principal = await principal_for(ctx, buckets, request.headers.get("authorization"))
-        body = await request.body()
-        if len(body) > ctx.settings.api_max_body_bytes:
-            raise PayloadTooLarge(f"the body is larger than {ctx.settings.api_max_body_bytes} bytes")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return error_response(400, "invalid_json", "the body is not valid JSON")
-        project_id = UUID(match["project"])
-        key = request.headers.get("idempotency-key")
-        idempotency = (key, request_digest(project_id, request.url.path, body)) if key else None
-        if match["raw"]:
-            status, answer = await send_raw(
-                ctx, principal, project_id, RawSendRequest.model_validate(payload), idempotency
-            )
-        else:
-            status, answer = await send_message(
-                ctx, principal, project_id, SendRequest.model_validate(payload), idempotency
-            )
-    except ValidationError as exc:
-        return validation_response(list(exc.errors()))
-    except RemailsError as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else {}
-        return error_response(exc.http_status, exc.error_code, exc.message, exc.field, **headers)
-    return JSONResponse(answer, status_code=status)
-
-
-@functions_framework.aio.http
-async def send(request: Request) -> Response:
-    global _buckets
-    ctx = await function_context()
-    if _buckets is None:
-        _buckets = TokenBuckets(ctx.settings.api_rate_per_second, ctx.settings.api_rate_burst)
-    return await handle_send_request(request, ctx, _buckets)

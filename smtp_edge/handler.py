@@ -17,12 +17,12 @@ from uuid import UUID, uuid4
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
 from remails import metrics
+from remails.acceptance import announce_received
 from remails.context import Context
 from remails.db import orgs
 from remails.db.credentials import SmtpIdentity, authenticate_smtp, get_smtp_credential
 from remails.db.messages import NewMessage, insert_message
 from remails.errors import AuthRequired, BareLineEnding, TemporaryFailure
-from remails.events import EventType, MessageEvent, make_event
 from remails.log import log_event
 from remails.message_headers import (
     has_bare_line_ending,
@@ -326,23 +326,5 @@ class EdgeHandler:
             size=len(raw),
             worker=self.settings.worker_index,
         )
-        event = make_event(
-            EventType.MESSAGE_RECEIVED,
-            MessageEvent(
-                message_id=message_id,
-                organization_id=identity.organization_id,
-                project_id=identity.project_id,
-            ),
-        )
-        try:
-            await self.ctx.publisher.publish(event)
-        except Exception as exc:  # the row is committed; the sweep re-emits what this missed
-            log_event(
-                logger,
-                "publish failed",
-                logging.WARNING,
-                message_id=message_id,
-                error=type(exc).__name__,
-            )
-        metrics.ACCEPTED.labels("smtp").inc()
+        await announce_received(self.ctx, new, "smtp")
         return queued(str(message_id))

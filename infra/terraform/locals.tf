@@ -46,7 +46,7 @@ locals {
     ip_manager  = { source = "main.py", min_scale = 0 }
     ticker      = { source = "main.py", min_scale = 0 }
     dead_letter = { source = "main.py", min_scale = 0 }
-    send        = { source = "send.py", min_scale = 0 }
+    send        = { source = "send_function.py", min_scale = 0 }
   }
   # The Broker's ingress as each class documents it: K_SINK until the Broker reports its address.
   broker_ingress_url = lookup({

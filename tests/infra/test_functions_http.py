@@ -198,3 +198,34 @@ async def test_every_message_function_acks_an_unknown_message_and_refuses_a_non_
             assert (
                 await _post(url, lambda: ({"content-type": "text/plain"}, b"hello"))
             ).status_code == 400, target
+
+
+async def test_the_standalone_send_target_stores_a_message_and_throttles_bad_tokens(
+    pool: Pool, settings: Settings, dsn: str
+) -> None:
+    from remails.db import credentials
+
+    tenant = await make_tenant(pool, settings)
+    _, token = await credentials.create_api_key(pool, tenant.org_id, "maintainer")
+    env = {
+        "REMAILS_DATABASE_URL": dsn,
+        "REMAILS_BUS": "knative",
+        "K_SINK": "http://127.0.0.1:9/",  # no broker: the notice is lost, the sweep would re-emit it
+        "REMAILS_DATA_DIR": str(settings.data_dir),
+        "REMAILS_HOSTNAME": "mx.remails.test",
+        "REMAILS_API_AUTH_FAILURE_BURST": "3",
+    }
+    body = {"from": f"app@{tenant.domain}", "to": ["ada@dest.test"], "subject": "hi", "text": "code"}
+    async with serve("send", env, source="send_function.py") as url, httpx.AsyncClient() as client:
+        path = f"{url}v1/projects/{tenant.project_id}/messages"
+        accepted = await client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+        assert accepted.status_code == 202, accepted.text
+        stored = await pool.fetchval(
+            "SELECT status::text FROM messages WHERE id = $1::uuid", accepted.json()["id"]
+        )
+        assert stored == "received"
+        bad = [
+            (await client.post(path, json=body, headers={"Authorization": "Bearer x.y"})).status_code
+            for _ in range(4)
+        ]
+        assert bad == [401, 401, 401, 429]
