@@ -17,7 +17,7 @@ SOURCE = str(Path(__file__).parent / "support" / "sample_functions.py")
 
 
 async def _post(target: str, headers: dict[str, str], body: bytes) -> httpx.Response:
-    app = create_app(target=target, source=SOURCE)
+    app = create_app(target=target, source=SOURCE)  # type: ignore[no-untyped-call]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://function") as client:
         return await client.post("/", headers=headers, content=body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.api.conftest import Api, text_message
+from tests.support.db import as_dict
 
 
 async def _acme_resources(api: Api) -> dict[str, Any]:
@@ -209,8 +210,8 @@ async def test_retry_sends_a_bounced_message_again_but_not_a_delivered_one(api: 
     )
     response = await api.call("POST", f"/v1/messages/{bounced}/retry", api.acme_maintainer)
     assert response.status_code == 202 and response.json()["status"] == "admitted"
-    statuses = dict(
-        await api.pool.fetch("SELECT address, status::text FROM recipients WHERE message_id = $1", bounced)
+    statuses = await as_dict(
+        api.pool, "SELECT address, status::text FROM recipients WHERE message_id = $1", bounced
     )
     assert statuses == {"x@dest.test": "pending", "gone@dest.test": "bounced"}  # suppression still wins
     assert [e["msgid"] for e in api.publisher.of_type("message.admitted")] == [str(bounced)]

@@ -12,6 +12,7 @@ from remails.db import Pool, egress, pipeline
 from remails.events import EventType, MessageEvent, make_event
 from tests.api.conftest import Api
 from tests.factories import Tenant, store_message
+from tests.support.db import one_row
 
 NODE, IP = "node-a", "127.0.0.2"
 
@@ -28,8 +29,8 @@ async def _in_state(pool: Pool, tenant: Tenant, status: str) -> UUID:
 
 
 async def _row(pool: Pool, message_id: UUID) -> tuple[str, str | None, str | None]:
-    row = await pool.fetchrow(
-        "SELECT status::text, reason, resume_status::text FROM messages WHERE id = $1", message_id
+    row = await one_row(
+        pool, "SELECT status::text, reason, resume_status::text FROM messages WHERE id = $1", message_id
     )
     return row["status"], row["reason"], row["resume_status"]
 

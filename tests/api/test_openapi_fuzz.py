@@ -9,6 +9,7 @@ import asyncio
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from functions.api import create_app
 from remails.http_server import HttpServer
@@ -19,7 +20,7 @@ async def test_schemathesis_finds_no_server_errors_and_no_schema_mismatch(api: A
     app = api.client._transport.app  # type: ignore[attr-defined]  # the app behind the test client
     assert app.state.ctx.settings is api.settings
     server = HttpServer(create_app(app.state.ctx), "127.0.0.1", 0)
-    server_app = server._server.config.app
+    server_app: Any = server._server.config.app
     server_app.state.rate_limits.rate = 10_000.0
     server_app.state.rate_limits.burst = 10_000
     await server.start()

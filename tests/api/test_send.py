@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Api, make_api, text_message
+from tests.support.db import one_row
 
 PDF = b"%PDF-1.4 not really a pdf \x00\x01\x02"
 PNG = b"\x89PNG\r\n\x1a\n fake image bytes"
@@ -205,7 +206,7 @@ async def test_raw_send_with_explicit_envelope(api: Api) -> None:
         "POST", f"/v1/projects/{api.acme.project_id}/messages/raw", api.acme_maintainer, json=body
     )
     assert response.status_code == 202, response.text
-    stored = await api.pool.fetchrow("SELECT raw, mail_from, message_id_header FROM messages")
+    stored = await one_row(api.pool, "SELECT raw, mail_from, message_id_header FROM messages")
     assert stored["mail_from"] == "bounce@acme.test"
     assert b"\r\nSubject: raw\r\n\r\nbody\r\n" in stored["raw"]  # line endings made CRLF
     assert stored["message_id_header"] == response.json()["message_id"]

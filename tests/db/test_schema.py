@@ -14,6 +14,7 @@ from remails.db.migrate import available_migrations, migrate
 from remails.db.pipeline import advance
 from remails.types import ApiRole, BlockStatus, MessageStatus, RecipientStatus, literal_values
 from tests.factories import make_tenant, store_message
+from tests.support.db import as_dict
 
 
 async def _schema_snapshot(pool: Pool) -> list[tuple[str, str, str]]:
@@ -127,7 +128,7 @@ async def test_bodies_past_the_projects_retention_are_purged(pool: Pool, setting
     )
     await pool.execute("UPDATE messages SET created_at = now() - interval '40 days' WHERE id = $1", waiting)
     assert await purge_bodies(pool, 100) == 1
-    sizes = dict(await pool.fetch("SELECT id, octet_length(raw) FROM messages"))
+    sizes = await as_dict(pool, "SELECT id, octet_length(raw) FROM messages")
     assert sizes[old] == 0 and sizes[recent] > 0 and sizes[waiting] > 0
     assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", old) == "delivered"
     assert await purge_bodies(pool, 100) == 0

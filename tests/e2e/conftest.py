@@ -23,6 +23,7 @@ from remails.db import Pool, create_pool
 from remails.runtime import Runtime
 from tests.factories import Tenant, make_tenant
 from tests.smtp.conftest import tls_files
+from tests.support.db import one_row
 from tests.support.dnsserver import LocalDns
 from tests.support.sink import Sink, free_port, sink_server_tls
 from tests.support.wait import wait_until
@@ -134,8 +135,8 @@ class World:
     async def tenant(self, runtime: Runtime | Spawned, domain: str, *, quota: int | None = None) -> Tenant:
         assert runtime.db is not None
         tenant = await make_tenant(runtime.db.pool, runtime.settings, domain, quota=quota)
-        key = await runtime.db.pool.fetchrow(
-            "SELECT dkim_selector, dkim_public_key FROM domains WHERE name = $1", domain
+        key = await one_row(
+            runtime.db.pool, "SELECT dkim_selector, dkim_public_key FROM domains WHERE name = $1", domain
         )
         self.dns.zone.txt(
             f"{key['dkim_selector']}._domainkey.{domain}", f"v=DKIM1; k=rsa; p={key['dkim_public_key']}"

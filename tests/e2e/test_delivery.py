@@ -11,6 +11,7 @@ from remails.db import credentials, egress, orgs
 from remails.events import EventType, MessageEvent, make_event
 from tests.e2e.conftest import World, message_status
 from tests.factories import store_message
+from tests.support.db import as_dict, one_row
 from tests.support.wait import wait_until
 
 
@@ -73,7 +74,7 @@ async def test_dedicated_pool_for_one_org_shared_pool_for_another(world: World) 
         await world.submit(runtime, dedicated, [f"d{i}@dest.test"])
         await world.submit(runtime, shared, [f"s{i}@dest.test"])
     await wait_until(lambda: len(sink.received) == 8)
-    peers = {r.mail_from.split("@")[1]: set() for r in sink.received}
+    peers: dict[str, set[str]] = {r.mail_from.split("@")[1]: set() for r in sink.received}
     for r in sink.received:
         peers[r.mail_from.split("@")[1]].add(r.peer_ip)
     assert peers["dedicated.test"] == {"127.0.0.3"}
@@ -91,7 +92,7 @@ async def test_two_temporary_failures_then_delivered_on_the_third_attempt(world:
     message_id = await world.submit(runtime, tenant, ["user@dest.test"])
     await wait_until(lambda: _is(pool, message_id, "delivered"), bound=20)
     assert len(sink.received) == 1
-    row = await pool.fetchrow("SELECT attempts FROM messages WHERE id = $1::uuid", message_id)
+    row = await one_row(pool, "SELECT attempts FROM messages WHERE id = $1::uuid", message_id)
     assert row["attempts"] == 3
     codes = [a["code"] for a in await pool.fetch("SELECT code FROM attempts ORDER BY started_at, id")]
     assert codes == [451, 421, 250]
@@ -106,14 +107,14 @@ async def test_a_hard_bounce_bounces_and_suppresses_the_next_send(world: World) 
     pool = runtime.db.pool
     first = await world.submit(runtime, tenant, ["gone@dest.test"])
     await wait_until(lambda: _is(pool, first, "bounced"))
-    recipient = await pool.fetchrow("SELECT status, last_code, last_enhanced, last_text FROM recipients")
+    recipient = await one_row(pool, "SELECT status, last_code, last_enhanced, last_text FROM recipients")
     assert tuple(recipient) == ("bounced", 550, "5.1.1", "No such user")
     assert await pool.fetchval("SELECT reason FROM suppressions WHERE address = 'gone@dest.test'") is not None
 
     second = await world.submit(runtime, tenant, ["Gone@dest.test", "ok@dest.test"])
     await wait_until(lambda: _is(pool, second, "delivered"))
-    statuses = dict(
-        await pool.fetch("SELECT address, status::text FROM recipients WHERE message_id = $1::uuid", second)
+    statuses = await as_dict(
+        pool, "SELECT address, status::text FROM recipients WHERE message_id = $1::uuid", second
     )
     assert statuses == {"Gone@dest.test": "suppressed", "ok@dest.test": "delivered"}
     assert [r.rcpt_tos for r in sink.received] == [["ok@dest.test"]]
@@ -130,7 +131,7 @@ async def test_an_mx_that_does_not_answer_is_retried_then_failed(world: World) -
     await wait_until(lambda: _is(pool, message_id, "failed"), bound=20)
     attempts = await pool.fetchval("SELECT attempts FROM messages WHERE id = $1::uuid", message_id)
     assert attempts >= 2
-    recipient = await pool.fetchrow("SELECT status, last_code, last_enhanced FROM recipients")
+    recipient = await one_row(pool, "SELECT status, last_code, last_enhanced FROM recipients")
     assert tuple(recipient) == ("failed", None, "4.4.1")
 
 
@@ -197,5 +198,5 @@ async def test_an_ipv6_egress_source_delivers_to_the_mx_aaaa_address(world: Worl
     message_id = await world.submit(runtime, tenant, ["user@dest6.test"])
     await wait_until(lambda: _is(runtime.db.pool, message_id, "delivered"))  # type: ignore[union-attr]
     assert [r.peer_ip for r in sink.received] == ["::1"]
-    attempt = await runtime.db.pool.fetchrow("SELECT host(source_ip) AS ip, mx_host FROM attempts")
+    attempt = await one_row(runtime.db.pool, "SELECT host(source_ip) AS ip, mx_host FROM attempts")
     assert tuple(attempt) == ("::1", "mx-xx1.test")

@@ -13,6 +13,7 @@ from remails.db import Pool, credentials
 from remails.events import EventType
 from remails.runtime import Runtime
 from tests.e2e.conftest import World, message_status
+from tests.support.db import as_dict
 from tests.support.wait import wait_until
 
 
@@ -24,7 +25,7 @@ def _lose_received_events(runtime: Runtime) -> list[str]:
     publish = runtime.bus.publish
 
     async def failing(event: CloudEvent) -> None:
-        message_id = event.get("msgid")
+        message_id = str(event.get("msgid"))
         if event["type"] == EventType.MESSAGE_RECEIVED.value and message_id not in refused:
             refused.append(message_id)
             raise ConnectionError("broker unavailable")
@@ -89,11 +90,10 @@ async def test_concurrent_sessions_at_the_last_units_of_quota_admit_exactly_the_
         return all(r["status"] in ("delivered", "held") for r in rows)
 
     await wait_until(settled, bound=60)
-    counts = dict(
-        await pool.fetch(
-            "SELECT status::text, count(*) FROM messages WHERE organization_id = $1 GROUP BY 1",
-            tenant.org_id,
-        )
+    counts = await as_dict(
+        pool,
+        "SELECT status::text, count(*) FROM messages WHERE organization_id = $1 GROUP BY 1",
+        tenant.org_id,
     )
     assert counts == {"delivered": 5, "held": 25}
     assert await pool.fetchval("SELECT quota_used FROM organizations WHERE id = $1", tenant.org_id) == 25

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from remails.db import credentials
 from remails.runtime import Runtime
 from remails.types import WebhookEventType, literal_values
-from tests.e2e.conftest import World
+from tests.e2e.conftest import Spawned, World
 from tests.factories import Tenant
 from tests.support.receiver import Receiver
 from tests.support.wait import wait_until
@@ -31,7 +31,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 async def _endpoint(
-    runtime: Runtime, tenant: Tenant, url: str, events: list[str] = ALL
+    runtime: Runtime | Spawned, tenant: Tenant, url: str, events: list[str] = ALL
 ) -> tuple[dict[str, Any], str]:
     assert runtime.db is not None and runtime.api is not None
     _, token = await credentials.create_api_key(runtime.db.pool, tenant.org_id, "admin")

@@ -79,15 +79,15 @@ class CrdModels:
                     kind = stmt.value.value
             self.classes[f"{module}:{node.name}"] = fields
             if api_version and kind:
-                self.kinds[(api_version, kind)] = f"{module}:{node.name}"
+                self.kinds[(str(api_version), str(kind))] = f"{module}:{node.name}"
 
     def validate(self, obj: dict[str, Any]) -> list[str]:
         """Every way `obj` breaks its CRD's schema, as `path: problem` lines."""
-        key = (obj.get("apiVersion"), obj.get("kind"))
+        key = (str(obj.get("apiVersion")), str(obj.get("kind")))
         if key not in self.kinds:
             return [f"no CRD schema for {key[0]} {key[1]}"]
         errors: list[str] = []
-        self._check_class(self.kinds[key], obj, "", errors)  # type: ignore[index]
+        self._check_class(self.kinds[key], obj, "", errors)
         return errors
 
     def _check_class(self, name: str, value: Any, path: str, errors: list[str]) -> None:
@@ -124,11 +124,17 @@ class CrdModels:
             if not found:
                 return
             problems.append(found)
-        errors.extend(min(problems, key=len) if problems else [f"{path}: no type"])
+        fewest: list[str] = min(problems, key=len) if problems else [f"{path}: no type"]
+        errors.extend(fewest)
 
     def _check_one(self, module: str, t: ast.expr, value: Any, path: str, errors: list[str]) -> None:
         if isinstance(t, ast.Name):
-            scalar = {"str": str, "int": int, "float": (int, float), "bool": bool}
+            scalar: dict[str, type | tuple[type, ...]] = {
+                "str": str,
+                "int": int,
+                "float": (int, float),
+                "bool": bool,
+            }
             if t.id == "Any":
                 return
             if t.id in scalar:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("kubectl"), reason="make test i
 def _run(tool: str, args: list[str]) -> str:
     if tool == "terraform":
         _, out, err = TerraformCommand.run(args[:-1] or args, args[-1:] if args[:-1] else None)
-        return out + err
+        return str(out) + str(err)
     result = subprocess.run([tool, *args], capture_output=True, text=True, timeout=30)
     return result.stdout + result.stderr
 

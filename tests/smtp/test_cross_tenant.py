@@ -10,6 +10,7 @@ from functions import validate
 from remails.events import EventType, MessageEvent, make_event
 from tests.factories import Tenant, make_tenant
 from tests.smtp.conftest import Edge
+from tests.support.db import one_row
 
 
 async def _login(edge: Edge, username: str, password: str) -> aiosmtplib.SMTP:
@@ -54,7 +55,7 @@ async def test_one_tenants_login_cannot_put_the_others_domain_in_the_header_from
     finally:
         await client.quit()
     assert response.code == 250
-    row = await edge.pool.fetchrow("SELECT id, organization_id, project_id FROM messages")
+    row = await one_row(edge.pool, "SELECT id, organization_id, project_id FROM messages")
     assert row["organization_id"] == edge.tenant.org_id
     ctx = edge.server.ctx  # the edge's own context: same pool and settings
     data_event = MessageEvent(

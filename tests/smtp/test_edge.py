@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 from email import message_from_bytes
+from typing import Any
 
 import aiosmtplib
 import asyncpg
@@ -15,6 +16,7 @@ import pytest
 
 from remails.db import orgs
 from tests.smtp.conftest import Edge, EdgeFactory, proxy_v2
+from tests.support.db import one_row
 from tests.support.postgres import PostgresServer
 from tests.support.rawsmtp import RawSmtp
 from tests.support.wait import wait_until
@@ -74,8 +76,8 @@ async def test_starttls_auth_and_submit(edge: Edge, mechanism: str) -> None:
     assert code == 250
     assert text.startswith("2.0.0 Ok: queued as ")
     message_id = text.rsplit(" ", 1)[1]
-    row = await edge.pool.fetchrow(
-        "SELECT status, mail_from, project_id FROM messages WHERE id = $1::uuid", message_id
+    row = await one_row(
+        edge.pool, "SELECT status, mail_from, project_id FROM messages WHERE id = $1::uuid", message_id
     )
     assert row["status"] == "received" and row["mail_from"] == "app@example.test"
     assert row["project_id"] == edge.tenant.project_id
@@ -273,7 +275,7 @@ async def test_message_id_and_date_are_added_when_missing(edge: Edge) -> None:
     _, text = await _send(client)
     await client.quit()
     message_id = text.rsplit(" ", 1)[1]
-    row = await edge.pool.fetchrow("SELECT raw, message_id_header FROM messages")
+    row = await one_row(edge.pool, "SELECT raw, message_id_header FROM messages")
     parsed = message_from_bytes(row["raw"])
     assert parsed["Message-ID"] == f"<{message_id}@mx.remails.test>" == row["message_id_header"]
     assert parsed["Date"]
@@ -421,7 +423,8 @@ async def test_graceful_shutdown_finishes_a_session_in_data(edge: Edge) -> None:
     await asyncio.sleep(0)  # let stop() begin: listeners closed while the session is in DATA
     with pytest.raises(OSError):
         await asyncio.wait_for(asyncio.open_connection(*edge.submission), 2)
-    client.transport.write(MESSAGE + b".\r\n") if client.transport else None
+    transport: Any = client.transport
+    transport.write(MESSAGE + b".\r\n")
     response = await client.protocol.read_response(timeout=10)  # type: ignore[union-attr]
     assert response.code == 250
     await stop

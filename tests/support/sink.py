@@ -52,7 +52,7 @@ class SinkHandler:
         tls = session.ssl["cipher"][1] if session.ssl else None
         self.received.append(
             Received(
-                peer_ip=str(session.peer[0]),
+                peer_ip=str(session.peer[0] if isinstance(session.peer, tuple) else session.peer),
                 helo=session.host_name,
                 mail_from=str(envelope.mail_from),
                 rcpt_tos=list(envelope.rcpt_tos),
