@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from remails.addresses import parse_mailbox
+from remails.errors import InvalidInput
 from remails.message_headers import MAX_LINE_OCTETS, longest_line
 from remails.text import ClientInput
 
@@ -174,7 +175,8 @@ class SendRequest(ClientInput):
 
 def _header_address(a: EmailAddress) -> Address:
     mailbox = parse_mailbox(a.email)
-    assert mailbox is not None  # validated
+    if mailbox is None:  # validated by the model already
+        raise InvalidInput("is not one address", field="to")
     # An ASCII local part keeps the header ASCII: the domain goes in as A-labels (RFC 5890).
     # A UTF-8 one can only be written as UTF-8 (RFC 6532), and then needs SMTPUTF8 anyway.
     domain = mailbox.domain if mailbox.needs_smtputf8 else mailbox.domain_ascii
@@ -215,12 +217,12 @@ def compose(request: SendRequest, *, message_id: str, now: datetime) -> bytes:
         message.set_content(request.text, cte=_cte(request.text))
         if request.html is not None:
             message.add_alternative(request.html, subtype="html", cte=_cte(request.html))
-    else:
-        assert request.html is not None
+    elif request.html is not None:
         message.set_content(request.html, subtype="html", cte=_cte(request.html))
     if inline:
         html_part = message.get_body(("html",))
-        assert isinstance(html_part, EmailMessage)
+        if not isinstance(html_part, EmailMessage):
+            raise InvalidInput("inline attachments need an html body", field="attachments")
         for a in inline:
             maintype, _, subtype = a.content_type.partition("/")
             html_part.add_related(

@@ -61,7 +61,8 @@ async def _store(
         raise NotFound("no such project")
     principal.require(project.organization_id, "maintainer", project.id)
     facts = await orgs.sender_facts(ctx.pool, project.id)
-    assert facts is not None
+    if facts is None:  # deleted meanwhile
+        raise NotFound("no such project")
     refusal = check_sender(facts, mail_from)
     if refusal is not None:
         refusal.field = "from"

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
-from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import AuthResult, Envelope, Session, TLSSetupException
 
 from remails import metrics
 from remails.acceptance import announce_received
@@ -108,9 +108,8 @@ class EdgeHandler:
         if login is None:
             return AuthResult(success=False, handled=True)
         password = await server.challenge_auth("Password\0")
-        if password is MISSING:
+        if not isinstance(password, bytes):  # MISSING: already answered 501
             return AuthResult(success=False, handled=True)
-        assert isinstance(password, bytes)
         return await self._authenticate(server, login, password)
 
     async def _initial_response(self, server: EdgeSMTP, args: list[str], challenge: str) -> bytes | None:
@@ -124,7 +123,8 @@ class EdgeHandler:
             return None
 
     async def _authenticate(self, server: EdgeSMTP, login: bytes, password: bytes) -> AuthResult:
-        assert server.session is not None
+        if server.session is None:  # aiosmtpd sets it before any command
+            return AuthResult(success=False, handled=False)
         ip = client_ip(server.session)
         username = login.decode("utf-8", errors="replace")[:128]
         keys = [f"ip:{ip}", f"user:{username}"]
@@ -273,7 +273,8 @@ class EdgeHandler:
         identity: SmtpIdentity,
         data: bytes,
     ) -> str:
-        assert envelope.mail_from is not None
+        if envelope.mail_from is None:  # aiosmtpd answers DATA before MAIL itself
+            return "503 5.5.1 Error: need MAIL command"
         message_id = uuid4()
         now = datetime.now(UTC)
         kind = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"  # RFC 6531 §4.3

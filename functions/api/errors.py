@@ -48,7 +48,8 @@ def validation_response(errors: list[Any]) -> JSONResponse:
 
 
 async def _remails_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RemailsError)
+    if not isinstance(exc, RemailsError):  # registered for RemailsError only
+        raise exc
     if exc.http_status >= 500:
         logger.error("request failed", exc_info=exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
@@ -56,12 +57,14 @@ async def _remails_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError | ValidationError)
+    if not isinstance(exc, RequestValidationError | ValidationError):
+        raise exc
     return validation_response(list(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
+    if not isinstance(exc, HTTPException):
+        raise exc
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated"}
     return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
 
