@@ -9,19 +9,24 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from remails.errors import ConfigError
 from remails.webhook_policy import DEFAULT_SCHEDULE, parse_schedule
 
-__all__ = ["ConfigError", "HostPort", "Settings", "load_settings", "parse_host_port"]
+__all__ = [
+    "ConfigError",
+    "HostPort",
+    "Settings",
+    "check_proxy_settings",
+    "load_settings",
+    "parse_host_port",
+]
 
 MiB = 1024 * 1024
-
-
-class ConfigError(Exception):
-    """A setting has a bad value; the message is one line naming the variable."""
 
 
 HostPort = tuple[str, int]
@@ -70,6 +75,8 @@ class Settings(BaseSettings):
     hostname: str = "localhost"
     smtp_submission_listen: Listen = ("127.0.0.1", 2587)
     smtp_tls_listen: Listen = ("127.0.0.1", 2465)
+    smtp_mx_listen: Listen = ("127.0.0.1", 2525)  # the inbound MX: bounces, complaints, reports
+    reports_domain: str | None = None  # DMARC report and feedback addresses; default: hostname
     http_listen: Listen = ("127.0.0.1", 8080)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -81,19 +88,55 @@ class Settings(BaseSettings):
     tick_seconds: float = Field(default=10.0, gt=0)
     workers: int = Field(default=1, ge=1, le=64)
     worker_index: int | None = Field(default=None, ge=0)  # set by `remails up` in its workers
+    db_pool_size: int = Field(default=10, ge=2, le=200)
+    db_pipeline_pool_size: int = Field(default=20, ge=2, le=200)
+    bus_workers: int = Field(default=32, ge=1, le=1024)
+    bus_queue_size: int = Field(default=100_000, ge=100)
+    bus_dead_letters_kept: int = Field(default=1000, ge=1)
+
+    # Operations: metrics, embedded PostgreSQL supervision, backups
+    metrics_listen: Listen = ("127.0.0.1", 9464)
+    embedded_postgres_check_seconds: float = Field(default=1.0, gt=0)
+    embedded_postgres_restart_seconds: float = Field(default=30.0, gt=0)
+    backup_recipients: CommaList = Field(default_factory=list)
+    backup_s3_endpoint: str | None = None
 
     # SMTP edge
     smtp_max_message_size: int = Field(default=25 * MiB, ge=1024)
     smtp_max_recipients: int = Field(default=50, ge=1, le=1000)
     trusted_networks: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     proxy_protocol: bool = False
+    proxy_trusted_networks: CommaList = Field(default_factory=list)
     auth_max_failures: int = Field(default=5, ge=1)
     auth_failure_window_seconds: float = Field(default=300.0, gt=0)
+    smtp_max_connections: int = Field(default=1000, ge=1)
+    smtp_max_connections_per_ip: int = Field(default=50, ge=1)
+    smtp_junk_command_limit: int = Field(default=100, ge=1)
+    smtp_store_budget_bytes: int = Field(default=64 * MiB, ge=1)
+    tls_reload_seconds: float = Field(default=30.0, gt=0)
 
     # HTTP API
     api_max_body_bytes: int = Field(default=36 * MiB, ge=1024)
     api_rate_per_second: float = Field(default=20.0, gt=0)
     api_rate_burst: int = Field(default=100, ge=1)
+    api_auth_failure_rate_per_second: float = Field(default=1.0, gt=0)
+    api_auth_failure_burst: int = Field(default=20, ge=1)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_max_concurrency: int = Field(default=1000, ge=1)
+
+    # Dashboard accounts
+    signup: Literal["closed", "open"] = "closed"
+    session_seconds: float = Field(default=12 * 3600.0, gt=0)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_failure_window_seconds: float = Field(default=900.0, gt=0)
+
+    # Notifications, system mail, quota plans, retention
+    system_project_id: UUID | None = None
+    system_from: str | None = None
+    default_monthly_quota: int = Field(default=3000, ge=0)
+    dns_recheck_seconds: float = Field(default=72000.0, gt=0)
+    metadata_retention_days: int = Field(default=90, ge=1)
+    audit_retention_days: int = Field(default=365, ge=1)
 
     # Webhooks
     webhooks_allow_private: bool = False
@@ -102,6 +145,7 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+    webhook_response_max_bytes: int = Field(default=64 * 1024, ge=0)
 
     # Delivery and retries
     node_name: str | None = None
@@ -116,8 +160,17 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     require_verified_tls: bool = False
     smtp_client_timeout_seconds: float = Field(default=60.0, gt=0)
+    upcloud_credentials_dir: Path | None = None
+    upcloud_api_url: str = "https://api.upcloud.com/1.3"
 
-    @field_validator("smtp_submission_listen", "smtp_tls_listen", "http_listen", mode="before")
+    @field_validator(
+        "smtp_submission_listen",
+        "smtp_tls_listen",
+        "smtp_mx_listen",
+        "http_listen",
+        "metrics_listen",
+        mode="before",
+    )
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
@@ -151,10 +204,41 @@ class Settings(BaseSettings):
             networks[str(ipaddress.ip_network(cidr.strip(), strict=False))] = project.strip()
         return networks
 
+    @field_validator("proxy_trusted_networks", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        return [str(ipaddress.ip_network(cidr, strict=False)) for cidr in _split_commas(value)]
+
+    @field_validator("backup_recipients", mode="before")
+    @classmethod
+    def _recipients(cls, value: Any) -> Any:
+        keys = _split_commas(value)
+        for key in keys:
+            if not (isinstance(key, str) and key.startswith("age1")):
+                raise ValueError(f"expected age public keys (age1…), got {str(key)[:12]!r}")
+        return keys
+
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
     def _schedule(cls, value: Any) -> Any:
         return parse_schedule(value) if isinstance(value, str) else value
+
+    @field_validator("system_from")
+    @classmethod
+    def _system_from(cls, value: str | None) -> str | None:
+        local, at, domain = (value or "").rpartition("@")
+        if value is not None and (not at or not local or "." not in domain or " " in value):
+            raise ValueError(f"expected an address like notifications@example.com, got {value!r}")
+        return value
+
+    @property
+    def system_mail(self) -> bool:
+        """Notifications are mailed only when both the system project and sender are set."""
+        return self.system_project_id is not None and self.system_from is not None
+
+    @property
+    def effective_reports_domain(self) -> str:
+        return (self.reports_domain or self.hostname).lower().rstrip(".")
 
     @property
     def effective_node_name(self) -> str:
@@ -164,9 +248,20 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment (plus explicit overrides); raise ConfigError naming the variable."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "REMAILS_" + str(first["loc"][0]).upper() if first["loc"] else "REMAILS_*"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {message}") from None
+    check_proxy_settings(settings)
+    return settings
+
+
+def check_proxy_settings(settings: Settings) -> None:
+    """PROXY protocol lets the peer name the client: only the load balancers may do that."""
+    if settings.proxy_protocol and not settings.proxy_trusted_networks:
+        raise ConfigError(
+            "REMAILS_PROXY_TRUSTED_NETWORKS: list the load balancers' networks (CIDR,…)"
+            " when REMAILS_PROXY_PROTOCOL is on"
+        )

@@ -9,6 +9,7 @@ from remails.bus import Publisher
 from remails.config import Settings, load_settings
 from remails.crypto import MasterKey
 from remails.db import Pool
+from remails.errors import ConfigError
 
 __all__ = ["Context", "function_context"]
 
@@ -45,7 +46,7 @@ async def function_context() -> Context:
 
             settings = load_settings()
             if settings.database_url is None:
-                raise RuntimeError("REMAILS_DATABASE_URL must be set for a function")
+                raise ConfigError("REMAILS_DATABASE_URL: must be set for a function")
             pool = await create_pool(settings.database_url, max_size=2)
             pipeline_pool = await create_pool(settings.database_url, max_size=5, durable=False)
             master_key = load_master_key(settings.secret_key, settings.data_dir)

@@ -1,11 +1,15 @@
-"""The refusal tree: each refusal carries the SMTP reply and the HTTP error it renders as.
+"""The error tree: each refusal carries the SMTP reply and the HTTP error it renders as.
 
 RemailsError
  ├── Refusal              a request we decline, with its reply to the peer
  │    ├── AuthRequired, SenderDomainNotAllowed, OrganizationBlocked, QuotaExhausted,
  │    ├── TooManyRecipients, MessageTooLarge, BareLineEnding, NotFound, ...
  │    └── InvalidInput ── UnsafeTarget (a webhook URL that would reach an internal address)
- └── TemporaryFailure     something on our side failed; the peer should retry (451 4.3.0)
+ ├── TemporaryFailure     something on our side failed; the peer should retry (451 4.3.0)
+ ├── SetupError           the settings or the environment cannot work; start-up stops with one
+ │                        line (ConfigError: a setting's value, naming the variable)
+ └── DestinationError     a recipient's domain cannot be delivered to as it stands (DNS);
+                          `enhanced` tells permanent (5.x.x) from temporary
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from dataclasses import dataclass
 __all__ = [
     "AuthRequired",
     "BareLineEnding",
+    "ConfigError",
     "Conflict",
+    "DestinationError",
     "DomainTaken",
     "Forbidden",
     "InvalidInput",
@@ -29,6 +35,7 @@ __all__ = [
     "RemailsError",
     "Reply",
     "SenderDomainNotAllowed",
+    "SetupError",
     "TemporaryFailure",
     "TooManyRecipients",
     "UnsafeTarget",
@@ -62,6 +69,23 @@ class RemailsError(Exception):
 
     def smtp_reply(self) -> str:
         return str(self.smtp)
+
+
+class SetupError(RemailsError):
+    """Settings or environment that cannot work; the message is one line saying what to fix."""
+
+
+class ConfigError(SetupError):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+class DestinationError(RemailsError):
+    """A destination that cannot be resolved for delivery (no MX, NXDOMAIN, DNS timeout)."""
+
+    def __init__(self, enhanced: str, text: str) -> None:
+        super().__init__(text)
+        self.enhanced = enhanced
+        self.text = text
 
 
 class TemporaryFailure(RemailsError):

@@ -16,6 +16,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from remails.errors import SetupError
+
 __all__ = ["HttpServer", "bounded_config"]
 
 DEFAULT_HEADER_TIMEOUT = 10.0
@@ -100,7 +102,7 @@ class HttpServer:
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises the bind error
-                raise RuntimeError("the HTTP server stopped during start-up")
+                raise SetupError("the HTTP server stopped during start-up (is the port in use?)")
             await asyncio.sleep(0.01)
 
     @property

@@ -12,17 +12,13 @@ import dns.exception
 import dns.resolver
 
 from remails.dns import describe_dns_error
+from remails.errors import DestinationError
 
 __all__ = ["DeliveryDnsError", "MxHost", "order_mx", "resolve_destination"]
 
 
-class DeliveryDnsError(Exception):
+class DeliveryDnsError(DestinationError):
     """The destination cannot be resolved; `enhanced` says whether it is permanent (5.x.x)."""
-
-    def __init__(self, enhanced: str, text: str) -> None:
-        super().__init__(text)
-        self.enhanced = enhanced
-        self.text = text
 
 
 @dataclass(frozen=True)

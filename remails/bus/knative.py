@@ -8,6 +8,8 @@ import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from remails.errors import ConfigError
+
 __all__ = ["KnativePublisher"]
 
 
@@ -15,7 +17,9 @@ class KnativePublisher:
     def __init__(self, sink: str | None = None, *, timeout: float = 10.0) -> None:
         url = sink or os.environ.get("K_SINK")
         if not url:
-            raise RuntimeError("K_SINK is not set: the knative bus needs a SinkBinding")
+            raise ConfigError(
+                "K_SINK: not set; the knative bus posts its events there (the Broker's address)"
+            )
         self.sink = url
         self._client = httpx.AsyncClient(timeout=timeout)
 
