@@ -15,6 +15,8 @@ locals {
     REMAILS_DATA_DIR  = "/tmp/remails"
     # The API prints SPF records with these; the sender keeps the ones it can bind.
     REMAILS_OUTBOUND_IPS = join(",", var.outbound_ips)
+    # Every role serves /metrics there; Prometheus scrapes the pods (observability.tf).
+    REMAILS_METRICS_LISTEN = "0.0.0.0:${var.metrics_port}"
   }
 
   # function → the event types it consumes (remails/events.py; checked by tests/infra).
@@ -221,7 +223,7 @@ locals {
               [{ name = "REMAILS_HTTP_LISTEN", value = "0.0.0.0:8080" }],
             )
             envFrom        = [{ secretRef = { name = local.secret_name } }]
-            readinessProbe = { httpGet = { path = "/healthz", port = 8080 } }
+            readinessProbe = { httpGet = { path = "/readyz", port = 8080 } }
             livenessProbe  = { httpGet = { path = "/healthz", port = 8080 }, periodSeconds = 20 }
             resources = {
               requests = { cpu = "100m", memory = "256Mi" }

@@ -26,5 +26,17 @@ resource "kubernetes_network_policy_v1" "functions" {
         }
       }
     }
+    # Prometheus, for /metrics only.
+    ingress {
+      from {
+        namespace_selector {
+          match_labels = { "kubernetes.io/metadata.name" = var.monitoring_namespace }
+        }
+      }
+      ports {
+        port     = var.metrics_port
+        protocol = "TCP"
+      }
+    }
   }
 }

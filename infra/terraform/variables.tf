@@ -147,3 +147,15 @@ variable "floating_ip_alias" {
   type        = bool
   default     = true
 }
+
+variable "monitoring_namespace" {
+  description = "The namespace Prometheus runs in: its pods may scrape the functions' metrics port."
+  type        = string
+  default     = "monitoring"
+}
+
+variable "metrics_port" {
+  description = "The port every role serves /metrics on (REMAILS_METRICS_LISTEN)."
+  type        = number
+  default     = 9464
+}
