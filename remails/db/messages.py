@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from remails.db.message_stats import day_status_counts
 from remails.db.rows import Executor
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "get_message_head",
     "insert_message",
     "list_messages",
+    "recent_problems",
     "release_unblocked",
     "retry_message",
     "statistics",
@@ -126,7 +128,7 @@ async def get_message_detail(
 
 @dataclass(frozen=True)
 class MessageFilter:
-    organization_id: UUID
+    organization_id: UUID | None  # None: every organization's (the operator)
     project_id: UUID | None = None
     status: str | None = None
     label: str | None = None
@@ -145,7 +147,7 @@ ARRAY(SELECT r.address FROM recipients r WHERE r.message_id = m.id ORDER BY r.id
 _LIST = f"""
 SELECT {_SUMMARY_COLUMNS}
   FROM messages m
- WHERE m.organization_id = $1
+ WHERE ($1::uuid IS NULL OR m.organization_id = $1)
    AND ($2::uuid IS NULL OR m.project_id = $2)
    AND ($3::text IS NULL OR m.status::text = $3)
    AND ($4::text IS NULL OR m.label = $4)
@@ -158,12 +160,29 @@ SELECT {_SUMMARY_COLUMNS}
  LIMIT $10
 """
 
+# list_messages with a recipient: from that address's few recipient rows to their messages. The
+# generic form's `$5 IS NULL OR EXISTS …` cannot become a join, so it walks the whole log.
+_LIST_BY_RECIPIENT = f"""
+SELECT {_SUMMARY_COLUMNS}
+  FROM messages m
+ WHERE m.id = ANY (ARRAY(SELECT r.message_id FROM recipients r WHERE lower(r.address) = lower($5)))
+   AND ($1::uuid IS NULL OR m.organization_id = $1)
+   AND ($2::uuid IS NULL OR m.project_id = $2)
+   AND ($3::text IS NULL OR m.status::text = $3)
+   AND ($4::text IS NULL OR m.label = $4)
+   AND ($6::timestamptz IS NULL OR m.created_at >= $6)
+   AND ($7::timestamptz IS NULL OR m.created_at < $7)
+   AND ($8::timestamptz IS NULL OR (m.created_at, m.id) < ($8, $9::uuid))
+ ORDER BY m.created_at DESC, m.id DESC
+ LIMIT $10
+"""
+
 
 async def list_messages(
     pool: asyncpg.Pool, f: MessageFilter, *, before: tuple[datetime, UUID] | None, limit: int
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        _LIST,
+        _LIST if f.recipient is None else _LIST_BY_RECIPIENT,
         f.organization_id,
         f.project_id,
         f.status,
@@ -203,7 +222,7 @@ SELECT * FROM m
 
 
 async def retry_message(
-    pool: asyncpg.Pool, message_id: UUID, org_id: UUID, lifetime_seconds: float
+    pool: Executor, message_id: UUID, org_id: UUID, lifetime_seconds: float
 ) -> dict[str, Any] | None:
     """The message's new state, or None when it is not in a state that can be retried."""
     row = await pool.fetchrow(_RETRY, message_id, org_id, lifetime_seconds)
@@ -228,15 +247,21 @@ async def release_unblocked(pool: asyncpg.Pool, org_id: UUID, limit: int) -> lis
 
 
 async def statistics(pool: asyncpg.Pool, org_id: UUID, since: datetime) -> list[dict[str, Any]]:
-    """Messages per UTC day and status."""
-    rows = await pool.fetch(
-        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, count(*) AS count"
-        " FROM messages WHERE organization_id = $1 AND created_at >= $2"
-        " GROUP BY 1, 2 ORDER BY 1, 2",
+    """Messages per UTC day and status: the rows still kept (closed days counted once, see
+    `message_stats`) plus the daily totals of those the retention purge removed
+    (`message_daily_stats`)."""
+    totals: dict[tuple[Any, str], int] = {}
+    purged = await pool.fetch(
+        "SELECT day, status, count FROM message_daily_stats"
+        " WHERE organization_id = $1 AND day >= ($2 AT TIME ZONE 'UTC')::date",
         org_id,
         since,
     )
-    return [dict(r) for r in rows]
+    rows: list[dict[str, Any]] = await day_status_counts(pool, org_id, since)
+    for row in rows + [dict(r) for r in purged]:
+        key = (row["day"], str(row["status"]))
+        totals[key] = totals.get(key, 0) + int(row["count"])
+    return [{"day": day, "status": status, "count": count} for (day, status), count in sorted(totals.items())]
 
 
 async def get_message_head(pool: asyncpg.Pool, message_id: UUID, org_id: UUID, limit: int) -> bytes | None:
@@ -248,3 +273,14 @@ async def get_message_head(pool: asyncpg.Pool, message_id: UUID, org_id: UUID, l
         limit,
     )
     return head
+
+
+async def recent_problems(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
+    """The messages most recently deferred, bounced, failed, held or rejected (any organization)."""
+    rows = await pool.fetch(
+        "SELECT id, organization_id, status::text, reason, updated_at FROM messages"
+        " WHERE status IN ('deferred', 'bounced', 'failed', 'held', 'rejected')"
+        " ORDER BY updated_at DESC LIMIT $1",
+        limit,
+    )
+    return [dict(r) for r in rows]

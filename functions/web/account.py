@@ -1,0 +1,113 @@
+"""The signed-in user's own account: password, two-factor (TOTP) with recovery codes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from functions.web.login import second_factor_ok, totp_context
+from functions.web.render import PageRoute, page, redirect
+from functions.web.session import SESSION_COOKIE, check_csrf, ctx_of, read_form, set_cookie, visitor
+from remails.accounts import (
+    hash_password,
+    new_recovery_codes,
+    new_totp_secret,
+    normalise_code,
+    password_problem,
+    totp_step,
+    totp_uri,
+    verify_password,
+)
+from remails.db import sessions, users
+from remails.errors import Forbidden
+
+__all__ = ["router"]
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+@router.get("/account")
+async def account(request: Request) -> Response:
+    who = await visitor(request)
+    return page(request, "account.html", who=who, title="Account")
+
+
+@router.post("/account/password")
+async def change_password(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    form = await read_form(request)
+    check_csrf(request, form, who)
+    if not verify_password(who.user.password_hash, form.get("current", "")):
+        return page(request, "account.html", 403, who=who, error="The current password is wrong.")
+    new = form.get("new", "")
+    problem = password_problem(new)
+    if problem:
+        return page(request, "account.html", 422, who=who, error=problem.capitalize() + ".")
+    await users.set_password(ctx.pool, who.user.id, hash_password(new))  # ends every session
+    _, token = await sessions.create_session(
+        ctx.pool, who.user.id, second_factor=True, lifetime_seconds=ctx.settings.session_seconds
+    )
+    response = redirect("/account?changed=1")
+    set_cookie(request, response, SESSION_COOKIE, token, max_age=int(ctx.settings.session_seconds))
+    return response
+
+
+@router.post("/account/two-factor/start")
+async def start_two_factor(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    check_csrf(request, await read_form(request), who)
+    secret = new_totp_secret()
+    await users.set_totp_pending(
+        ctx.pool, who.user.id, ctx.master_key.seal(secret.encode(), context=totp_context(who.user.id))
+    )
+    return page(
+        request,
+        "two_factor.html",
+        who=who,
+        title="Set up two-factor",
+        secret=secret,
+        uri=totp_uri(secret, who.user.email, "Remails"),
+    )
+
+
+@router.post("/account/two-factor/confirm")
+async def confirm_two_factor(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    form = await read_form(request)
+    check_csrf(request, form, who)
+    pending = who.user.totp_pending_sealed
+    if pending is None:
+        return redirect("/account")
+    secret = ctx.master_key.open(pending, context=totp_context(who.user.id)).decode()
+    step = totp_step(secret, form.text("code", max_length=40), None)
+    if step is None:
+        return page(
+            request,
+            "two_factor.html",
+            422,
+            who=who,
+            title="Set up two-factor",
+            secret=secret,
+            uri=totp_uri(secret, who.user.email, "Remails"),
+            error="That code is not valid; check the time on your device and try again.",
+        )
+    codes = new_recovery_codes()
+    # Stored as typed at sign-in (no dash, lower case), so `abcde-fghij` and `ABCDEFGHIJ` both work.
+    if not await users.enable_totp(ctx.pool, who.user.id, pending, step, [normalise_code(c) for c in codes]):
+        return redirect("/account")
+    return page(request, "recovery_codes.html", who=who, title="Recovery codes", codes=codes)
+
+
+@router.post("/account/two-factor/disable")
+async def disable_two_factor(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    form = await read_form(request)
+    check_csrf(request, form, who)
+    if not await second_factor_ok(ctx, who.user, form.text("code", max_length=40)):
+        raise Forbidden("that code is not valid")
+    await users.disable_totp(ctx.pool, who.user.id)
+    return redirect("/account")

@@ -1,0 +1,280 @@
+"""Signing in and out: password, two-factor code, sign-up (when open), invitations."""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from functions.web.render import PageRoute, page, redirect
+from functions.web.session import (
+    PRE_COOKIE,
+    SESSION_COOKIE,
+    LoginRequired,
+    Visitor,
+    check_csrf,
+    ctx_of,
+    pre_session_token,
+    read_form,
+    set_cookie,
+    visitor,
+)
+from remails.accounts import (
+    hash_password,
+    normalise_code,
+    normalise_email,
+    password_problem,
+    throttled,
+    totp_step,
+    verify_password,
+)
+from remails.context import Context
+from remails.db import orgs, sessions, users
+from remails.errors import InvalidInput, NotFound, RateLimited
+from remails.log import log_event
+
+__all__ = ["anonymous_page", "router", "totp_context"]
+
+logger = logging.getLogger("remails.web")
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+def totp_context(user_id: UUID) -> str:
+    """Binds a sealed two-factor secret to its user."""
+    return f"totp:{user_id}"
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this site (never `//host` or a scheme): no open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _start_session(
+    request: Request, ctx: Context, user: users.User, to: str, *, second_factor: bool
+) -> Response:
+    _, token = await sessions.create_session(
+        ctx.pool, user.id, second_factor=second_factor, lifetime_seconds=ctx.settings.session_seconds
+    )
+    response = redirect(to)
+    set_cookie(request, response, SESSION_COOKIE, token, max_age=int(ctx.settings.session_seconds))
+    response.delete_cookie(PRE_COOKIE, path="/")
+    return response
+
+
+async def _check_throttle(ctx: Context, email: str, client: str) -> None:
+    account, from_client = await users.count_login_failures(
+        ctx.pool, email, client, ctx.settings.login_failure_window_seconds
+    )
+    if throttled(account, from_client, ctx.settings.login_max_failures):
+        log_event(logger, "login_throttled", client=client)
+        raise RateLimited(int(ctx.settings.login_failure_window_seconds))
+
+
+def anonymous_page(request: Request, template: str, status: int = 200, **values: object) -> Response:
+    """A form shown before sign-in, with its CSRF token (and the cookie it is checked against)."""
+    carrier = Response()
+    pre = pre_session_token(request, carrier)
+    html = page(request, template, status, pre=pre, **values)
+    for key, value in carrier.headers.items():
+        if key == "set-cookie":
+            html.headers.append("set-cookie", value)
+    return html
+
+
+def _login_page(request: Request, status: int = 200, **values: object) -> Response:
+    values.setdefault("email", "")
+    values.setdefault("next", request.query_params.get("next", "/"))
+    signup = ctx_of(request).settings.signup == "open"
+    return anonymous_page(request, "login.html", status, signup=signup, **values)
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    return _login_page(request)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    ctx = ctx_of(request)
+    form = await read_form(request)
+    check_csrf(request, form, None)
+    email = normalise_email(form.text("email", max_length=254))
+    password = form.get("password", "")
+    client = _client(request)
+    try:
+        await _check_throttle(ctx, email, client)
+    except RateLimited:
+        return _login_page(
+            request,
+            429,
+            email=email,
+            error="Too many failed attempts. Wait a few minutes before trying again.",
+        )
+    user = await users.get_user_by_email(ctx.pool, email)
+    if not verify_password(user.password_hash if user else None, password) or user is None:
+        await users.record_login_failure(ctx.pool, email, client)
+        log_event(logger, "login_failed", client=client)
+        return _login_page(request, 401, email=email, error="Wrong email or password.")
+    await users.clear_login_failures(ctx.pool, email)
+    await sessions.purge_expired(ctx.pool)  # sign-ins are rare enough to carry the clean-up
+    to = _safe_next(form.get("next"))
+    if user.two_factor:
+        return await _start_session(request, ctx, user, "/login/code?next=" + to, second_factor=False)
+    log_event(logger, "login", user_id=str(user.id))
+    return await _start_session(request, ctx, user, to, second_factor=True)
+
+
+@router.get("/login/code")
+async def code_form(request: Request) -> Response:
+    who = await visitor(request, second_factor_done=False)
+    return page(request, "code.html", csrf=who.csrf, next=request.query_params.get("next", "/"))
+
+
+async def second_factor_ok(ctx: Context, user: users.User, code: str) -> bool:
+    """A fresh TOTP code, or an unused recovery code (spent by this call)."""
+    if user.totp_sealed is None:
+        return False
+    secret = ctx.master_key.open(user.totp_sealed, context=totp_context(user.id)).decode()
+    step = totp_step(secret, code, user.totp_last_step)
+    if step is not None:
+        return await users.spend_totp_step(ctx.pool, user.id, step)
+    return await users.spend_recovery_code(ctx.pool, user.id, normalise_code(code))
+
+
+@router.post("/login/code")
+async def code(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request, second_factor_done=False)
+    form = await read_form(request)
+    check_csrf(request, form, who)
+    client = _client(request)
+    try:
+        await _check_throttle(ctx, who.user.email, client)
+    except RateLimited:
+        await sessions.delete_session(ctx.pool, who.token)
+        return redirect("/login")
+    if not await second_factor_ok(ctx, who.user, form.text("code", max_length=40)):
+        await users.record_login_failure(ctx.pool, who.user.email, client)
+        return page(request, "code.html", 401, csrf=who.csrf, error="That code is not valid.")
+    # A new token once both factors are proven: the half-signed-in one is never promoted.
+    await sessions.delete_session(ctx.pool, who.token)
+    log_event(logger, "login", user_id=str(who.user.id), second_factor=True)
+    return await _start_session(
+        request, ctx, who.user, _safe_next(request.query_params.get("next")), second_factor=True
+    )
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request, second_factor_done=False)
+    check_csrf(request, await read_form(request), who)
+    await sessions.delete_session(ctx.pool, who.token)
+    response = redirect("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.post("/logout/everywhere")
+async def logout_everywhere(request: Request) -> Response:
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    check_csrf(request, await read_form(request), who)
+    ended = await sessions.delete_user_sessions(ctx.pool, who.user.id)
+    log_event(logger, "logout_everywhere", user_id=str(who.user.id), sessions=ended)
+    response = redirect("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/signup")
+async def signup_form(request: Request) -> Response:
+    if ctx_of(request).settings.signup != "open":
+        raise NotFound("sign-up is closed; ask the operator for an account")
+    return anonymous_page(request, "signup.html", email="", organization="")
+
+
+@router.post("/signup")
+async def signup(request: Request) -> Response:
+    ctx = ctx_of(request)
+    if ctx.settings.signup != "open":
+        raise NotFound("sign-up is closed; ask the operator for an account")
+    form = await read_form(request)
+    check_csrf(request, form, None)
+    email = normalise_email(form.text("email", max_length=254))
+    organization = form.text("organization", max_length=100)
+    password = form.get("password", "")
+    problem = password_problem(password) or (None if "@" in email else "enter an e-mail address")
+    if problem is None and await users.get_user_by_email(ctx.pool, email) is not None:
+        problem = "an account with this e-mail address exists; log in instead"
+    if problem:
+        return anonymous_page(
+            request, "signup.html", 422, email=email, organization=organization, error=problem
+        )
+    user = await users.create_user(ctx.pool, email, hash_password(password))
+    org = await orgs.create_organization(ctx.pool, organization)
+    await users.set_membership(ctx.pool, org.id, user.id, "admin")
+    log_event(logger, "signup", user_id=str(user.id), organization_id=str(org.id))
+    return await _start_session(request, ctx, user, f"/orgs/{org.id}/projects", second_factor=True)
+
+
+async def _signed_in(request: Request) -> Visitor | None:
+    try:
+        return await visitor(request)
+    except LoginRequired:
+        return None
+
+
+@router.get("/invite/{token}")
+async def invitation(token: str, request: Request) -> Response:
+    ctx = ctx_of(request)
+    invite = await users.get_invitation(ctx.pool, token[:100])
+    if invite is None:
+        raise NotFound("this invitation has been used or has expired")
+    org = await orgs.get_organization(ctx.pool, invite.organization_id)
+    who = await _signed_in(request)
+    existing = await users.get_user_by_email(ctx.pool, invite.email)
+    return anonymous_page(
+        request,
+        "invite.html",
+        invite=invite,
+        invited_org=org,
+        who=who,
+        existing=existing is not None,
+        token=token,
+    )
+
+
+@router.post("/invite/{token}")
+async def accept(token: str, request: Request) -> Response:
+    ctx = ctx_of(request)
+    invite = await users.get_invitation(ctx.pool, token[:100])
+    if invite is None:
+        raise NotFound("this invitation has been used or has expired")
+    form = await read_form(request)
+    who = await _signed_in(request)
+    check_csrf(request, form, who)
+    if who is not None:
+        joined = await users.accept_invitation(ctx.pool, token, who.user.id)
+        if joined is None:
+            raise NotFound("this invitation has been used or has expired")
+        return redirect(f"/orgs/{joined}/projects")
+    if await users.get_user_by_email(ctx.pool, invite.email) is not None:
+        return redirect(f"/login?next=/invite/{token}")
+    password = form.get("password", "")
+    problem = password_problem(password)
+    if problem:
+        raise InvalidInput(problem, field="password")
+    user = await users.create_user(ctx.pool, invite.email, hash_password(password))
+    joined = await users.accept_invitation(ctx.pool, token, user.id)
+    if joined is None:
+        raise NotFound("this invitation has been used or has expired")
+    return await _start_session(request, ctx, user, f"/orgs/{joined}/projects", second_factor=True)

@@ -1,0 +1,62 @@
+"""An organization's page or action as the signed-in user: session, CSRF, then the same
+`organization_of` check the API makes for a key of the user's role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from fastapi import Request
+
+from functions.api.auth import Principal
+from functions.api.organizations import organization_of
+from functions.web.session import Form, Visitor, check_csrf, ctx_of, principal_in, read_form, visitor
+from remails.context import Context
+from remails.db import orgs
+from remails.errors import Forbidden, NotFound
+
+__all__ = ["OrgScope", "org_action", "org_page", "parse_id"]
+
+
+@dataclass(frozen=True)
+class OrgScope:
+    ctx: Context
+    who: Visitor
+    caller: Principal
+    org: orgs.Organization
+
+    def may(self, role: str) -> bool:
+        try:
+            self.caller.require(self.org.id, role)
+        except Forbidden:
+            return False
+        return True
+
+    def values(self, section: str, **more: Any) -> dict[str, Any]:
+        """What every organization template gets."""
+        return {"who": self.who, "org": self.org, "section": section, "may": self.may, **more}
+
+
+async def org_page(request: Request, org_id: UUID, role: str = "read_only") -> OrgScope:
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    caller = await principal_in(ctx, who, org_id)
+    return OrgScope(ctx, who, caller, await organization_of(ctx, caller, org_id, role))
+
+
+async def org_action(request: Request, org_id: UUID, role: str) -> tuple[OrgScope, Form]:
+    """A state change: the CSRF token is checked before anything else is looked at."""
+    ctx = ctx_of(request)
+    who = await visitor(request)
+    form = await read_form(request)
+    check_csrf(request, form, who)
+    caller = await principal_in(ctx, who, org_id)
+    return OrgScope(ctx, who, caller, await organization_of(ctx, caller, org_id, role)), form
+
+
+def parse_id(text: str | None, field: str) -> UUID:
+    try:
+        return UUID(text or "")
+    except ValueError:
+        raise NotFound("no such item", field=field) from None
