@@ -2,6 +2,12 @@
 
 Every command takes `--json` and then prints exactly one JSON object; `create`/`add` commands
 print the new object with its `id`. Secrets (passwords, tokens) are printed once, here.
+Without `--json`, results are tables and `key  value` lines (`remails.cli_output`).
+
+The CLI works on the server's database and reads its own REMAILS_* settings: run it with the
+same environment as `remails up` (the same REMAILS_DATA_DIR or REMAILS_DATABASE_URL, and
+settings such as REMAILS_WEBHOOKS_ALLOW_PRIVATE). It refuses to start a database of its own,
+except for `up`, `migrate`, `serve` and `restore`.
 """
 
 from __future__ import annotations
@@ -11,17 +17,23 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from uuid import UUID
 
 import uvloop
 
+from remails import cli_commands, webhook_endpoints
+from remails.cli_output import render
 from remails.config import ConfigError, Settings, load_settings
 from remails.crypto import load_master_key
-from remails.db import Database, connect, credentials, domains, egress, messages, orgs, webhooks
+from remails.db import Database, audit, connect, credentials, domains, egress, messages, orgs
+from remails.db import suppressions as suppressions_db
+from remails.db import webhook_endpoints as webhook_endpoints_db
 from remails.db.migrate import migrate
-from remails.dns import make_resolver
-from remails.errors import RemailsError
+from remails.dns import DnsFailure, make_resolver
+from remails.errors import RemailsError, UnsafeTarget
+from remails.message_view import HEARTBEATS_TO_BE_LIVE, explain, with_suppressions
 from remails.sending_domains import add_sending_domain, domain_view, verify_sending_domain
 from remails.types import WebhookEventType, literal_values
 
@@ -34,6 +46,21 @@ Command = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 1."""
+
+
+class Unsuccessful(Exception):
+    """The command ran and its result is printed, but it did not succeed: exit status 1."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("unsuccessful")
+        self.result = result
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line naming the argument (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -49,13 +76,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:
-    result = _jsonable(result)
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(_jsonable(result)))
         return
-    for key, value in result.items():
-        shown = json.dumps(value) if isinstance(value, dict | list) else value
-        print(f"{key}: {shown}")
+    print(render(result))
 
 
 def _uuid(text: str) -> UUID:
@@ -93,12 +117,91 @@ async def cmd_org_create(args: argparse.Namespace, settings: Settings) -> dict[s
 
 async def cmd_org_set_pool(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
+        if args.pool == "none":  # back to the shared pool
+            if not await orgs.set_ip_pool(db.pool, args.org_id, None):
+                raise CliError(f"no organization {args.org_id}")
+            return {"id": args.org_id, "ip_pool_id": None, "ip_pool": None}
         ip_pool = await egress.get_ip_pool_by_name(db.pool, args.pool)
         if ip_pool is None:
             raise CliError(f"no IP pool named {args.pool!r}")
         if not await orgs.set_ip_pool(db.pool, args.org_id, ip_pool.id):
             raise CliError(f"no organization {args.org_id}")
-        return {"id": args.org_id, "ip_pool_id": ip_pool.id, "ip_pool": ip_pool.name}
+        result: dict[str, Any] = {"id": args.org_id, "ip_pool_id": ip_pool.id, "ip_pool": ip_pool.name}
+        fresh = settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
+        if not await egress.live_pool_ips(db.pool, ip_pool.id, fresh):
+            result["hint"] = (
+                f"warning: no live sender node holds an IP of pool {ip_pool.name!r}"
+                f" ({', '.join(ip_pool.ips)}); this organization's mail waits until one does"
+                f" (`remails org set-pool {args.org_id} none` returns it to the shared pool)"
+            )
+        return result
+
+    return await _with_db(settings, work)
+
+
+_BLOCK_LEVELS = {"sending": "no_sending", "full": "full_freeze"}
+
+
+async def cmd_org_block(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """sending: nothing of the organization is accepted or sent; full: also no API writes."""
+    block_status = _BLOCK_LEVELS[args.level]
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.pool.acquire() as conn, conn.transaction():
+            if not await orgs.set_block_status(conn, args.org_id, block_status, args.reason):
+                raise CliError(f"no organization {args.org_id}")
+            details = {"level": args.level, "reason": args.reason}
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "organization.block",
+                organization_id=args.org_id,
+                target=args.org_id,
+                details=details,
+            )
+        return {"id": args.org_id, "block_status": block_status, "reason": args.reason}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_org_unblock(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Held messages resume where they stopped at the next sweep (`tick`)."""
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.pool.acquire() as conn, conn.transaction():
+            if not await orgs.set_block_status(conn, args.org_id, "not_blocked"):
+                raise CliError(f"no organization {args.org_id}")
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "organization.unblock",
+                organization_id=args.org_id,
+                target=args.org_id,
+            )
+        return {"id": args.org_id, "block_status": "not_blocked"}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    kind, _, actor_id = (args.actor or "").partition(":")
+    if args.actor is not None and kind not in ("api_key", "user", "operator"):
+        raise CliError("--actor: api_key[:ID], user[:ID] or operator[:ID]")
+
+    async def work(db: Database) -> dict[str, Any]:
+        try:
+            page = await audit.list_entries(
+                db.pool,
+                args.org_id,
+                limit=args.limit,
+                cursor=args.cursor,
+                action=args.action,
+                actor_kind=kind or None,
+                actor_id=actor_id or None,
+            )
+        except ValueError:
+            raise CliError("--cursor: not a cursor this command printed") from None
+        return {"entries": [vars(e) for e in page.entries], "next_cursor": page.next_cursor}
 
     return await _with_db(settings, work)
 
@@ -107,6 +210,8 @@ async def cmd_project_create(args: argparse.Namespace, settings: Settings) -> di
     async def work(db: Database) -> dict[str, Any]:
         if await orgs.get_organization(db.pool, args.org_id) is None:
             raise CliError(f"no organization {args.org_id}")
+        if any(p.name == args.name for p in await orgs.list_projects(db.pool, args.org_id)):
+            raise CliError(f"name: organization {args.org_id} already has a project named {args.name!r}")
         project = await orgs.create_project(db.pool, args.org_id, args.name, args.retention_days)
         return vars(project)
 
@@ -122,19 +227,43 @@ async def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> dict[s
         domain = await add_sending_domain(
             db.pool, master_key, project.organization_id, [project.id], args.domain
         )
-        return domain_view(domain, settings.outbound_ips)
+        return domain_view(
+            domain,
+            settings.outbound_ips,
+            hostname=settings.hostname,
+            reports_domain=settings.effective_reports_domain,
+        )
 
     return await _with_db(settings, work)
 
 
 async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
-        domain = await domains.get_domain_by_name(db.pool, args.domain)
+        domain = await domains.get_domain_by_name(db.pool, args.domain, args.org)
         if domain is None:
-            raise CliError(f"no domain {args.domain!r}")
-        _, result = await verify_sending_domain(
-            db.pool, make_resolver(settings), domain, settings.outbound_ips, force=args.force
-        )
+            raise CliError(f"no single claim on {args.domain!r}; name the organization with --org")
+        try:
+            _, result = await verify_sending_domain(
+                db.pool,
+                make_resolver(settings),
+                domain,
+                settings.outbound_ips,
+                force=args.force,
+                hostname=settings.hostname,
+            )
+        except DnsFailure as exc:
+            raise CliError(
+                f"{exc.message} (servers: REMAILS_DNS_SERVERS, else the system resolver);"
+                " `--force` marks the domain verified by operator decision"
+            ) from None
+        if not result["verified"]:
+            missing = [k for k, c in result["checks"].items() if not c["ok"] and k != "dmarc"]
+            result["hint"] = (
+                f"not verified ({', '.join(missing)} missing or wrong): publish the records of"
+                f" `remails domain records {domain.name}`, wait for DNS, run this again;"
+                " `--force` marks it verified by operator decision"
+            )
+            raise Unsuccessful(result)
         return result
 
     return await _with_db(settings, work)
@@ -158,7 +287,9 @@ async def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> di
             project = await orgs.get_project(db.pool, args.project)
             if project is None or project.organization_id != args.org_id:
                 raise CliError(f"no project {args.project} in organization {args.org_id}")
-        key, token = await credentials.create_api_key(db.pool, args.org_id, args.role, args.project)
+        key, token = await credentials.create_api_key(
+            db.pool, args.org_id, args.role, args.project, args.description
+        )
         return {**vars(key), "token": token}
 
     return await _with_db(settings, work)
@@ -182,35 +313,36 @@ async def cmd_message_show(args: argparse.Namespace, settings: Settings) -> dict
         detail = await messages.get_message_detail(db.pool, args.message_id)
         if detail is None:
             raise CliError(f"no message {args.message_id}")
-        return detail
+        addresses = [r["address"] for r in detail["recipients"]]
+        suppressed = await suppressions_db.suppressed_among(db.pool, detail["organization_id"], addresses)
+        recipients = with_suppressions(detail["recipients"], suppressed)
+        live_ips = None
+        org = await orgs.get_organization(db.pool, detail["organization_id"])
+        if detail["status"] == "admitted" and org is not None:
+            fresh = settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
+            live_ips = await egress.live_pool_ips(db.pool, org.ip_pool_id, fresh)
+        explanation = explain(detail, suppressed, live_ips)
+        return {"explanation": explanation, **detail, "recipients": recipients}
 
     return await _with_db(settings, work)
 
 
 async def cmd_webhook_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from uuid import uuid4
-
-    from functions.webhooks import UnsafeTarget, check_target
-    from remails.webhook_signing import generate_webhook_secret
-
     events = [e.strip() for e in args.events.split(",") if e.strip()]
     unknown = sorted(set(events) - set(WEBHOOK_EVENTS))
     if unknown or not events:
         raise CliError(f"--events: unknown {unknown}; choose from {', '.join(WEBHOOK_EVENTS)}")
-    try:
-        await check_target(settings, args.url)
-    except UnsafeTarget as exc:
-        raise CliError(f"URL {exc}") from None
 
     async def work(db: Database) -> dict[str, Any]:
         if await orgs.get_project(db.pool, args.project_id) is None:
             raise CliError(f"no project {args.project_id}")
         master_key = load_master_key(settings.secret_key, settings.data_dir)
-        secret, endpoint_id = generate_webhook_secret(), uuid4()
-        sealed = master_key.seal(secret.encode(), context=f"webhook:{endpoint_id}")
-        endpoint = await webhooks.create_endpoint(
-            db.pool, endpoint_id, args.project_id, args.url, events, sealed
-        )
+        try:
+            endpoint, secret = await webhook_endpoints.create_endpoint(
+                db.pool, settings, master_key, args.project_id, args.url, events
+            )
+        except UnsafeTarget as exc:
+            raise CliError(f"URL {exc}") from None
         return {**vars(endpoint), "secret": secret}
 
     return await _with_db(settings, work)
@@ -218,7 +350,84 @@ async def cmd_webhook_create(args: argparse.Namespace, settings: Settings) -> di
 
 async def cmd_webhook_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
-        return {"webhooks": [vars(e) for e in await webhooks.list_endpoints(db.pool, args.project_id)]}
+        listed = await webhook_endpoints_db.list_endpoints(db.pool, args.project_id)
+        return {"webhooks": [vars(e) for e in listed]}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_admin_token_rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from remails.admin_token import rotate_admin_token
+
+    async def work(db: Database) -> dict[str, Any]:
+        key, token = await rotate_admin_token(db.pool)
+        return {"id": key.id, "created_at": key.created_at, "token": token}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_admin_token_show_hint(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from remails.admin_token import admin_keys
+
+    async def work(db: Database) -> dict[str, Any]:
+        return {"admin_keys": [vars(k) for k in await admin_keys(db.pool)]}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_backup(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from remails.backup import BackupError, backup
+
+    try:
+        result = await backup(settings, args.destination, without_bodies=args.without_bodies)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    return {"backup": result.location, "bytes": result.size, "without_bodies": result.without_bodies}
+
+
+async def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from remails.backup import BackupError, restore
+
+    try:
+        return await restore(settings, args.file, args.identity)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from remails.accounts import generate_password, hash_password, normalise_email
+    from remails.db import users
+
+    email = normalise_email(args.email)
+    if "@" not in email or len(email) > 254:
+        raise CliError(f"not an e-mail address: {args.email!r}")
+    if (args.org is None) != (args.role is None):
+        raise CliError("--org and --role go together")
+
+    async def work(db: Database) -> dict[str, Any]:
+        if args.org is not None and await orgs.get_organization(db.pool, args.org) is None:
+            raise CliError(f"no organization {args.org}")
+        password = generate_password()
+        async with db.pool.acquire() as conn, conn.transaction():
+            user = await users.create_user(conn, email, hash_password(password), operator=args.operator)
+            if args.org is not None:
+                await users.set_membership(conn, args.org, user.id, args.role)
+        return {"id": user.id, "email": user.email, "password": password}
+
+    return await _with_db(settings, work)
+
+
+async def cmd_user_reset_password(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from remails.accounts import generate_password, hash_password
+    from remails.db import users
+
+    async def work(db: Database) -> dict[str, Any]:
+        user = await users.get_user_by_email(db.pool, args.email)
+        if user is None:
+            raise CliError(f"no user {args.email!r}")
+        password = generate_password()
+        await users.set_password(db.pool, user.id, hash_password(password))
+        return {"id": user.id, "email": user.email, "password": password}
 
     return await _with_db(settings, work)
 
@@ -240,7 +449,8 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, A
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object")
-    parser = argparse.ArgumentParser(prog="remails", description=__doc__, parents=[common])
+    parser = _Parser(prog="remails", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"remails {cli_commands.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(parent: Any, name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
@@ -253,20 +463,38 @@ def _parser() -> argparse.ArgumentParser:
     serve = add(sub, "serve", cmd_serve, "run one long-lived role")
     serve.add_argument("role", choices=["edge", "sender", "api", "function"])
     serve.add_argument("name", nargs="?", help="function name, for `serve function`")
+    p = add(sub, "backup", cmd_backup, "write an encrypted backup of the database to DEST")
+    p.add_argument("destination", metavar="DEST", help="a directory or s3://bucket/prefix")
+    p.add_argument("--without-bodies", action="store_true", help="leave finished messages' bodies out")
+    p = add(sub, "restore", cmd_restore, "restore a backup into an empty database")
+    p.add_argument("file", metavar="FILE", help="a backup file or s3://bucket/key")
+    p.add_argument("--identity", type=Path, required=True, metavar="KEYFILE", help="age identity file")
 
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="action", required=True)
     p = add(org, "create", cmd_org_create, "create an organization")
-    p.add_argument("name")
-    p.add_argument("--monthly-quota", type=int, default=None)
+    p.add_argument("name", type=cli_commands.name_argument)
+    p.add_argument("--monthly-quota", type=cli_commands.count_argument(0, 1_000_000_000), default=None)
+    p = add(org, "block", cmd_org_block, "block an organization (sending: no mail; full: also no changes)")
+    p.add_argument("org_id", type=_uuid)
+    p.add_argument("--level", choices=sorted(_BLOCK_LEVELS), required=True)
+    p.add_argument("--reason", required=True, help="why (kept with the block and in the audit log)")
+    p = add(org, "unblock", cmd_org_unblock, "lift a block; held messages resume")
+    p.add_argument("org_id", type=_uuid)
+    p = add(sub, "audit-log", cmd_audit_log, "an organization's audit log, newest first")
+    p.add_argument("org_id", type=_uuid)
+    p.add_argument("--action", default=None, help="one action, or a prefix like domain.")
+    p.add_argument("--actor", default=None, help="api_key[:ID], user[:ID] or operator[:ID]")
+    p.add_argument("--limit", type=int, default=50, choices=range(1, 1001), metavar="1..1000")
+    p.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     p = add(org, "set-pool", cmd_org_set_pool, "give an organization a dedicated IP pool")
     p.add_argument("org_id", type=_uuid)
-    p.add_argument("pool", help="IP pool name")
+    p.add_argument("pool", help="IP pool name; `none`: back to the shared pool")
 
     project = sub.add_parser("project", help="projects").add_subparsers(dest="action", required=True)
     p = add(project, "create", cmd_project_create, "create a project")
     p.add_argument("org_id", type=_uuid)
-    p.add_argument("name")
-    p.add_argument("--retention-days", type=int, default=None)
+    p.add_argument("name", type=cli_commands.name_argument)
+    p.add_argument("--retention-days", type=cli_commands.count_argument(1, 3650), default=None)
 
     domain = sub.add_parser("domain", help="sending domains").add_subparsers(dest="action", required=True)
     p = add(domain, "add", cmd_domain_add, "add a domain; prints the DNS records to publish")
@@ -275,6 +503,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add(domain, "verify", cmd_domain_verify, "check the domain's DNS records")
     p.add_argument("domain")
     p.add_argument("--force", action="store_true", help="mark verified by operator decision")
+    p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
 
     cred = sub.add_parser("smtp-credential", help="SMTP credentials").add_subparsers(
         dest="action", required=True
@@ -287,10 +516,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("org_id", type=_uuid)
     p.add_argument("--role", choices=["read_only", "maintainer", "admin"], default="maintainer")
     p.add_argument("--project", type=_uuid, default=None)
+    p.add_argument("--description", default="", help="a name for the key, shown when listed")
 
     pool = sub.add_parser("ip-pool", help="dedicated IP pools").add_subparsers(dest="action", required=True)
     p = add(pool, "create", cmd_ip_pool_create, "create a pool of outbound IPs")
-    p.add_argument("name")
+    p.add_argument("name", type=cli_commands.name_argument)
     p.add_argument("--ips", required=True, help="comma list of IPs")
 
     hook = sub.add_parser("webhook", help="webhook endpoints").add_subparsers(dest="action", required=True)
@@ -301,22 +531,61 @@ def _parser() -> argparse.ArgumentParser:
     p = add(hook, "list", cmd_webhook_list, "a project's endpoints")
     p.add_argument("project_id", type=_uuid)
 
+    admin = sub.add_parser("admin-token", help="the operator's super-admin API token").add_subparsers(
+        dest="action", required=True
+    )
+    add(admin, "rotate", cmd_admin_token_rotate, "a new operator token (shown once); older ones stop working")
+    add(admin, "show-hint", cmd_admin_token_show_hint, "which operator tokens exist (ids, never secrets)")
+
+    user = sub.add_parser("user", help="dashboard users").add_subparsers(dest="action", required=True)
+    p = add(user, "create", cmd_user_create, "create a user (a generated password, shown once)")
+    p.add_argument("email")
+    p.add_argument("--operator", action="store_true", help="sees and manages every organization")
+    p.add_argument("--org", type=_uuid, default=None, help="make the user a member of this organization")
+    p.add_argument("--role", choices=["admin", "maintainer", "read_only"], default=None)
+    p = add(user, "reset-password", cmd_user_reset_password, "a new generated password; ends all sessions")
+    p.add_argument("email")
+
     message = sub.add_parser("message", help="messages").add_subparsers(dest="action", required=True)
     p = add(message, "show", cmd_message_show, "a message's status, recipients and attempts")
     p.add_argument("message_id", type=_uuid)
+    cli_commands.register(sub, add)  # the list commands, suppressions, status
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings()
+        if args.command not in cli_commands.CREATES_DATABASE:
+            missing = cli_commands.database_missing(settings)
+            if missing is not None:
+                raise CliError(missing)
         result = uvloop.run(args.func(args, settings))
     except (ConfigError, CliError) as exc:
         _fail(str(exc), args.json)
         return 1
     except RemailsError as exc:
         _fail(exc.message, args.json)
+        return 1
+    except Unsuccessful as exc:
+        _print(exc.result, args.json)
+        return 1
+    except (OSError, SystemExit) as exc:
+        # uvicorn logs a bind error and exits: the OSError is the exit's context.
+        cause = exc.__context__ if isinstance(exc, SystemExit) else exc
+        in_use = cli_commands.port_in_use(cause, settings) if cause and settings else None
+        if in_use is None:
+            raise
+        _fail(in_use, args.json)
+        return 1
+    except Exception as exc:
+        # A value the database's constraints refused (SQLSTATE class 23) that no check above
+        # caught: one line, not a driver traceback.
+        if not str(getattr(exc, "sqlstate", "")).startswith("23"):
+            raise
+        _fail(f"the database refused the change: {str(exc).splitlines()[0]}", args.json)
         return 1
     except KeyboardInterrupt:
         return 130

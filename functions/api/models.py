@@ -73,6 +73,9 @@ class OrganizationUpdate(_In):
     name: Name | None = None
     monthly_quota: Quota | None = Field(default=None, description="operator only")
     block_status: BlockStatus | None = Field(default=None, description="operator only")
+    block_reason: Annotated[str, Field(max_length=500, pattern=r"^[^\r\n]*$")] | None = Field(
+        default=None, description="operator only: why, with block_status (shown to the organization)"
+    )
     notification_email: NotificationEmail | None = Field(
         default=None, description="where notifications are mailed (null clears it)"
     )
@@ -94,6 +97,7 @@ class OrganizationOut(BaseModel):
     ip_pool_id: UUID | None
     created_at: datetime
     notification_email: str | None = None
+    block_reason: str | None = None
     quota: QuotaOut
 
 
@@ -136,6 +140,7 @@ class DomainOut(BaseModel):
     status: Literal["pending", "verified", "invalid"] = "pending"
     project_ids: list[UUID]
     dns_records: list[DnsRecordOut]
+    return_path: str | None = Field(default=None, description="the return-path subdomain (rp.<domain>)")
 
 
 class RecordCheckOut(BaseModel):
@@ -149,6 +154,7 @@ class DomainVerification(BaseModel):
     domain: str
     verified: bool
     checks: dict[str, RecordCheckOut]
+    return_path: dict[str, Any] | None = Field(default=None, description="the return-path subdomain's check")
 
 
 class SmtpCredentialCreate(_In):
@@ -178,6 +184,7 @@ class ApiKeyOut(BaseModel):
     project_id: UUID | None
     role: Role
     created_at: datetime
+    description: str = Field(default="", description="the key's name")
 
 
 class ApiKeyCreated(ApiKeyOut):

@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
+from functions.api.audit_log import actor_of, changing, url_origin
 from functions.api.auth import Caller, Ctx, Principal
 from functions.api.organizations import organization_of, project_of
 from functions.webhooks import send_due
 from remails import webhook_endpoints
 from remails.context import Context
-from remails.db import notifications, webhook_deliveries
+from remails.db import audit, notifications, webhook_deliveries
 from remails.db import webhook_endpoints as endpoints_db
 from remails.db.webhook_endpoints import Endpoint
 from remails.errors import Conflict, NotFound
@@ -31,14 +32,18 @@ WebhookEvent = WebhookEventType
 _background: set[asyncio.Task[int]] = set()
 
 
+_ALL_EVENTS: tuple[WebhookEventType, ...] = get_args(WebhookEventType)
+Events = Annotated[list[WebhookEvent], Field(min_length=1, max_length=len(_ALL_EVENTS))]
+
+
 class WebhookCreate(ClientInput):
     url: Annotated[str, Field(min_length=8, max_length=2000)]
-    events: Annotated[list[WebhookEvent], Field(min_length=1, max_length=7)]
+    events: Events = Field(default_factory=lambda: list(_ALL_EVENTS), description="default: every event")
 
 
 class WebhookUpdate(ClientInput):
     url: Annotated[str | None, Field(min_length=8, max_length=2000)] = None
-    events: Annotated[list[WebhookEvent] | None, Field(min_length=1, max_length=7)] = None
+    events: Events | None = None
     enabled: bool | None = None
 
 
@@ -82,9 +87,12 @@ class TestSent(BaseModel):
 class NotificationOut(BaseModel):
     id: UUID
     kind: str
-    message: str
-    subject_id: UUID | None
     created_at: datetime
+    subject: str
+    message: str = Field(description="the subject, under its earlier name")
+    details: dict[str, Any]
+    subject_id: UUID | None  # what it is about: the endpoint, the domain (None for quota)
+    mail_status: str  # pending, sent (to notification_email and the admins) or not_sent
 
 
 def _out(endpoint: Endpoint) -> dict[str, Any]:
@@ -107,9 +115,19 @@ def _disabled() -> Conflict:
 
 @router.post("/v1/projects/{project_id}/webhooks", status_code=201, response_model=WebhookCreated)
 async def create_webhook(project_id: UUID, body: WebhookCreate, ctx: Ctx, caller: Caller) -> WebhookCreated:
-    await project_of(ctx, caller, project_id, "admin")
+    project = await project_of(ctx, caller, project_id, "admin")
     endpoint, secret = await webhook_endpoints.create_endpoint(
         ctx.pool, ctx.settings, ctx.master_key, project_id, body.url, [str(e) for e in body.events]
+    )
+    # Its own statement: the target's address is checked (DNS) before, outside any transaction.
+    details = {"project_id": project_id, "url": url_origin(endpoint.url), "events": endpoint.events}
+    await audit.record(
+        ctx.pool,
+        actor_of(caller),
+        "webhook.create",
+        organization_id=project.organization_id,
+        target=endpoint.id,
+        details=details,
     )
     return WebhookCreated(**_out(endpoint), secret=secret)
 
@@ -127,31 +145,37 @@ async def get_webhook(webhook_id: UUID, ctx: Ctx, caller: Caller) -> WebhookOut:
 
 @router.patch("/v1/webhooks/{webhook_id}", response_model=WebhookOut)
 async def update_webhook(webhook_id: UUID, body: WebhookUpdate, ctx: Ctx, caller: Caller) -> WebhookOut:
-    await _endpoint_of(ctx, caller, webhook_id, "admin")
+    before = await _endpoint_of(ctx, caller, webhook_id, "admin")
     if body.url is not None:
         await check_target(ctx.settings, body.url)
     events = [str(e) for e in body.events] if body.events is not None else None
-    endpoint = await endpoints_db.update_endpoint(
-        ctx.pool, webhook_id, url=body.url, events=events, enabled=body.enabled
-    )
-    if endpoint is None:
-        raise NotFound("no such webhook")
+    changed = body.model_dump(mode="json", exclude_unset=True)
+    if body.url is not None:
+        changed["url"] = url_origin(body.url)
+    async with changing(ctx, caller, "webhook.update", before.organization_id, webhook_id, changed) as conn:
+        endpoint = await endpoints_db.update_endpoint(
+            conn, webhook_id, url=body.url, events=events, enabled=body.enabled
+        )
+        if endpoint is None:
+            raise NotFound("no such webhook")
     return WebhookOut(**_out(endpoint))
 
 
 @router.delete("/v1/webhooks/{webhook_id}", status_code=204, response_class=Response)
 async def delete_webhook(webhook_id: UUID, ctx: Ctx, caller: Caller) -> Response:
-    await _endpoint_of(ctx, caller, webhook_id, "admin")
-    await endpoints_db.delete_endpoint(ctx.pool, webhook_id)
+    endpoint = await _endpoint_of(ctx, caller, webhook_id, "admin")
+    async with changing(ctx, caller, "webhook.delete", endpoint.organization_id, webhook_id) as conn:
+        await endpoints_db.delete_endpoint(conn, webhook_id)
     return Response(status_code=204)
 
 
 @router.post("/v1/webhooks/{webhook_id}/rotate-secret", response_model=SecretRotated)
 async def rotate_secret(webhook_id: UUID, ctx: Ctx, caller: Caller) -> SecretRotated:
-    await _endpoint_of(ctx, caller, webhook_id, "admin")
-    secret = await webhook_endpoints.rotate_secret(ctx.pool, ctx.master_key, webhook_id)
-    if secret is None:
-        raise NotFound("no such webhook")
+    endpoint = await _endpoint_of(ctx, caller, webhook_id, "admin")
+    async with changing(ctx, caller, "webhook.rotate_secret", endpoint.organization_id, webhook_id) as conn:
+        secret = await webhook_endpoints.rotate_secret(conn, ctx.master_key, webhook_id)
+        if secret is None:
+            raise NotFound("no such webhook")
     return SecretRotated(secret=secret)
 
 

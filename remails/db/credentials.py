@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from remails.crypto import digest, digest_matches, generate_secret
-from remails.db.rows import required
+from remails.db.rows import Executor, required
 
 __all__ = [
     "ApiKey",
@@ -46,10 +46,11 @@ class ApiKey:
     project_id: UUID | None
     role: str
     created_at: datetime
+    description: str = ""  # the key's name, chosen by whoever created it
 
 
 async def create_smtp_credential(
-    pool: asyncpg.Pool, project_id: UUID, description: str = ""
+    pool: Executor, project_id: UUID, description: str = ""
 ) -> tuple[SmtpCredential, str]:
     """A new credential and its password, which is never stored and never shown again."""
     password = generate_secret(24)
@@ -86,7 +87,7 @@ async def authenticate_smtp(pool: asyncpg.Pool, username: str, password: str) ->
 
 
 async def create_api_key(
-    pool: asyncpg.Pool,
+    pool: Executor,
     org_id: UUID | None,
     role: str,
     project_id: UUID | None = None,
@@ -98,7 +99,7 @@ async def create_api_key(
         await pool.fetchrow(
             "INSERT INTO api_keys (organization_id, project_id, role, secret_sha256, description)"
             " VALUES ($1, $2, $3, $4, $5)"
-            " RETURNING id, organization_id, project_id, role, created_at",
+            " RETURNING id, organization_id, project_id, role, created_at, description",
             org_id,
             project_id,
             role,
@@ -148,14 +149,14 @@ async def get_smtp_credential(pool: asyncpg.Pool, credential_id: UUID) -> tuple[
     ]
 
 
-async def delete_smtp_credential(pool: asyncpg.Pool, credential_id: UUID) -> bool:
+async def delete_smtp_credential(pool: Executor, credential_id: UUID) -> bool:
     return await pool.execute("DELETE FROM smtp_credentials WHERE id = $1", credential_id) == "DELETE 1"
 
 
 async def list_api_keys(pool: asyncpg.Pool, org_id: UUID) -> list[ApiKey]:
     rows = await pool.fetch(
-        "SELECT id, organization_id, project_id, role, created_at FROM api_keys WHERE organization_id = $1"
-        " ORDER BY created_at",
+        "SELECT id, organization_id, project_id, role, created_at, description FROM api_keys"
+        " WHERE organization_id = $1 ORDER BY created_at",
         org_id,
     )
     return [ApiKey(**r) for r in rows]
@@ -163,12 +164,13 @@ async def list_api_keys(pool: asyncpg.Pool, org_id: UUID) -> list[ApiKey]:
 
 async def get_api_key(pool: asyncpg.Pool, key_id: UUID) -> ApiKey | None:
     row = await pool.fetchrow(
-        "SELECT id, organization_id, project_id, role, created_at FROM api_keys WHERE id = $1", key_id
+        "SELECT id, organization_id, project_id, role, created_at, description FROM api_keys WHERE id = $1",
+        key_id,
     )
     return ApiKey(**row) if row else None
 
 
-async def delete_api_key(pool: asyncpg.Pool, key_id: UUID) -> bool:
+async def delete_api_key(pool: Executor, key_id: UUID) -> bool:
     return await pool.execute("DELETE FROM api_keys WHERE id = $1", key_id) == "DELETE 1"
 
 

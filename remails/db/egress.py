@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import Executor, required
+from remails.db.rows import Executor, required, transaction
 from remails.errors import Conflict
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "get_ip_pool_by_name",
     "heartbeat",
     "list_ip_pools",
+    "live_pool_ips",
     "live_routes",
     "register_node",
 ]
@@ -32,9 +33,9 @@ class IpPool:
     created_at: datetime
 
 
-async def create_ip_pool(pool: asyncpg.Pool, name: str, ips: list[str]) -> IpPool:
+async def create_ip_pool(pool: Executor, name: str, ips: list[str]) -> IpPool:
     """A dedicated pool; its IPs leave the shared pool. Conflict when the name is taken."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(pool) as conn:
         try:
             row = required(
                 await conn.fetchrow(
@@ -123,3 +124,16 @@ async def live_routes(pool: Executor, fresh_seconds: float) -> list[EgressRoute]
         fresh_seconds,
     )
     return [EgressRoute(**r) for r in rows]
+
+
+async def live_pool_ips(pool: Executor, ip_pool_id: UUID | None, fresh_seconds: float) -> list[str]:
+    """The IPs of a dedicated pool (None: the shared pool) that a sender node seen within
+    `fresh_seconds` holds: where such an organization's mail can leave from now."""
+    rows = await pool.fetch(
+        "SELECT host(o.ip) AS ip FROM outbound_ips o JOIN sender_nodes n ON n.name = o.node_name"
+        " WHERE n.heartbeat_at > now() - make_interval(secs => $2) AND o.pool_id IS NOT DISTINCT FROM $1"
+        " ORDER BY o.ip",
+        ip_pool_id,
+        fresh_seconds,
+    )
+    return [r["ip"] for r in rows]

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from remails.db.rows import Executor
+from remails.db.rows import Executor, required
 
-__all__ = ["IDEMPOTENCY_HOURS", "Remembered", "claim_key"]
+__all__ = ["IDEMPOTENCY_HOURS", "Remembered", "canonical_body", "claim_key"]
 
 IDEMPOTENCY_HOURS = 24
+
+
+def canonical_body(body: bytes) -> bytes:
+    """The request body as its parsed JSON, re-serialised one way (sorted keys, no spaces): the
+    same request sent again by another client library, with other spacing or key order, is the
+    same request. A body that is not JSON stays as it is."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True)
@@ -38,10 +50,11 @@ async def claim_key(
     """None: the key is ours now (with `response` stored). Otherwise the earlier request."""
     if await conn.fetchval(_CLAIM, org_id, key, request_sha256, response) is not None:
         return None
-    row = await conn.fetchrow(
-        "SELECT request_sha256, response FROM idempotency_keys WHERE organization_id = $1 AND key = $2",
-        org_id,
-        key,
+    row = required(
+        await conn.fetchrow(
+            "SELECT request_sha256, response FROM idempotency_keys WHERE organization_id = $1 AND key = $2",
+            org_id,
+            key,
+        )
     )
-    assert row is not None
     return Remembered(row["request_sha256"], row["response"])
