@@ -6,8 +6,10 @@ lives on the envelope. A message is answered 250 only after it and its recipient
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -42,7 +44,7 @@ from smtp_edge.replies import (
     queued,
 )
 from smtp_edge.store_budget import StoreBudget
-from smtp_edge.throttle import AuthThrottle
+from smtp_edge.throttle import AuthThrottle, Verdict
 
 if TYPE_CHECKING:
     from smtp_edge.server import EdgeSMTP
@@ -67,6 +69,7 @@ class EdgeHandler:
         self.ctx = ctx
         self.settings = ctx.settings
         self.throttle = throttle
+        self._auth_settled = asyncio.Condition()  # an attempt in flight ended: waiters re-decide
         self.store_budget = StoreBudget(ctx.settings.smtp_store_budget_bytes)
         self.storing = 0  # DATA hooks in progress, for a graceful shutdown
         self._facts: dict[UUID, tuple[float, orgs.SenderFacts]] = {}
@@ -128,24 +131,42 @@ class EdgeHandler:
         ip = client_ip(server.session)
         username = login.decode("utf-8", errors="replace")[:128]
         keys = [f"ip:{ip}", f"user:{username}"]
-        now = time.monotonic()
-        if not self.throttle.reserve(keys, now):  # counted before the lookup's await
+        if await self._reserve_attempt(keys) != "go":
             log_event(logger, "auth throttled", logging.WARNING, client_ip=ip, username=username)
             metrics.AUTH_FAILURES.inc()
             await server.push(str(AUTH_THROTTLED))
             if server.transport is not None:
                 server.transport.close()
             return AuthResult(success=False, handled=True)
-        identity = await authenticate_smtp(
-            self.ctx.pool, username, password.decode("utf-8", errors="replace")
-        )
+        identity = None
+        try:
+            identity = await authenticate_smtp(
+                self.ctx.pool, username, password.decode("utf-8", errors="replace")
+            )
+        finally:
+            self.throttle.settle(keys, time.monotonic(), failed=identity is None)
+            async with self._auth_settled:
+                self._auth_settled.notify_all()
         if identity is None:
             log_event(logger, "auth failed", logging.WARNING, client_ip=ip, username=username)
             metrics.AUTH_FAILURES.inc()
             return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd answers 535
-        self.throttle.succeeded(keys, now)
         log_event(logger, "auth ok", client_ip=ip, username=username, project_id=identity.project_id)
         return AuthResult(success=True, auth_data=identity)
+
+    async def _reserve_attempt(self, keys: list[str]) -> Verdict:
+        """`go` once the attempt is counted in flight, or `blocked`. While earlier attempts
+        in flight could still use up the limit, wait for them to settle (bounded by the
+        session timeout, after which the attempt counts as throttled)."""
+        verdict = self.throttle.reserve(keys, time.monotonic())
+        if verdict != "wait":
+            return verdict
+        async with self._auth_settled:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.smtp_session_timeout_seconds):
+                    while (verdict := self.throttle.reserve(keys, time.monotonic())) == "wait":
+                        await self._auth_settled.wait()
+        return "blocked" if verdict == "wait" else verdict
 
     # -- transaction ----------------------------------------------------------------------
 

@@ -37,15 +37,25 @@ def test_only_peers_in_the_trusted_networks_may_send_proxy() -> None:
     assert not proxy_peer_trusted("10.1.2.3", [])
 
 
-def test_a_reserved_attempt_counts_until_it_succeeds() -> None:
+def test_attempts_in_flight_make_the_next_wait_and_failures_block() -> None:
     throttle = AuthThrottle(max_failures=2, window=60)
     keys = ["ip:192.0.2.1"]
-    assert throttle.reserve(keys, 0.0) and throttle.reserve(keys, 0.1)
-    assert not throttle.reserve(keys, 0.2)  # two attempts in flight: the third waits
-    throttle.succeeded(keys, 0.1)
-    assert throttle.reserve(keys, 0.3)
-    assert not throttle.reserve(keys, 0.4)
-    assert throttle.reserve(keys, 61.0)  # out of the window
+    assert throttle.reserve(keys, 0.0) == throttle.reserve(keys, 0.1) == "go"
+    assert throttle.reserve(keys, 0.2) == "wait"  # two in flight could still use up the limit
+    throttle.settle(keys, 0.3, failed=False)  # a good login: not a failure
+    assert throttle.reserve(keys, 0.4) == "go"
+    throttle.settle(keys, 0.5, failed=True)
+    throttle.settle(keys, 0.6, failed=True)
+    assert throttle.reserve(keys, 0.7) == "blocked"  # two failures in the window
+    assert throttle.reserve(keys, 61.0) == "go"  # the window slid past them
+
+
+def test_many_good_logins_in_a_row_never_block() -> None:
+    throttle = AuthThrottle(max_failures=2, window=60)
+    keys = ["ip:192.0.2.1", "user:app"]
+    for i in range(100):
+        assert throttle.reserve(keys, float(i)) == "go"
+        throttle.settle(keys, float(i), failed=False)
 
 
 async def test_the_store_budget_lets_one_through_and_holds_the_rest() -> None:
