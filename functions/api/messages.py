@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from functions.api.audit_log import changing
 from functions.api.auth import Caller, Ctx
@@ -164,6 +164,24 @@ async def get_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageDeta
     return MessageDetail.model_validate({**detail, "recipients": recipients, "explanation": explanation})
 
 
+@router.get(
+    "/v1/messages/{message_id}/raw",
+    response_class=Response,
+    responses={200: {"content": {"message/rfc822": {}}, "description": "the message's bytes"}},
+)
+async def get_message_raw(message_id: UUID, ctx: Ctx, caller: Caller) -> Response:
+    """The stored bytes: for a delivered sandbox message exactly what would have gone out,
+    DKIM-Signature included (`Remails-Form: signed`); otherwise as received."""
+    found = await messages.get_message_raw(ctx.pool, message_id, caller.organization_id)
+    if found is None:
+        raise NotFound("no such message")
+    caller.require(found.organization_id, "read_only", found.project_id)
+    if not found.raw:
+        raise NotFound("the message's bytes are gone (removed after the project's retention)")
+    form = "signed" if found.signed else "received"
+    return Response(found.raw, media_type="message/rfc822", headers={"Remails-Form": form})
+
+
 @router.post("/v1/messages/{message_id}/retry", status_code=202, response_model=MessageAccepted)
 async def retry_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageAccepted:
     """Try again: deferred, bounced, failed or held messages; delivered ones cannot be retried,
@@ -172,12 +190,12 @@ async def retry_message(message_id: UUID, ctx: Ctx, caller: Caller) -> MessageAc
     the reason."""
     detail = await _detail(ctx, caller, message_id)
     caller.require(detail["organization_id"], "maintainer", detail["project_id"])
+    org = await orgs.get_organization(ctx.pool, detail["organization_id"])
+    if org is None or org.block_status != "not_blocked":  # the reason that outlives any retry
+        raise OrganizationBlockedConflict("sending is blocked for this organization")
     refusal = retry_refusal(detail, await _suppressed(ctx, detail))
     if refusal is not None:
         raise Conflict(f"cannot retry: {refusal}")
-    org = await orgs.get_organization(ctx.pool, detail["organization_id"])
-    if org is None or org.block_status != "not_blocked":
-        raise OrganizationBlockedConflict("sending is blocked for this organization")
     async with changing(ctx, caller, "message.retry", detail["organization_id"], message_id) as conn:
         moved = await messages.retry_message(
             conn, message_id, detail["organization_id"], ctx.settings.message_lifetime_seconds
