@@ -5,14 +5,14 @@ signed is exactly what is sent."""
 from __future__ import annotations
 
 from remails.message_headers import header_block
-from sender_node.dkim_signer import DkimSigner
+from sender_node.dkim_signer import DkimSigner, SignerSet
 from sender_node.seven_bit import to_seven_bit
 
 __all__ = ["Payload"]
 
 
 class Payload:
-    def __init__(self, message: bytes, signer: DkimSigner | None) -> None:
+    def __init__(self, message: bytes, signer: DkimSigner | SignerSet | None) -> None:
         self._message = message  # CRLF line endings
         self._signer = signer
         self.eight_bit = not message.isascii()

@@ -5,6 +5,7 @@ is one, and record every recipient's reply."""
 
 from __future__ import annotations
 
+import pathlib
 import ssl
 import time
 from collections.abc import Awaitable
@@ -34,9 +35,11 @@ class Envelope:
 class TlsPolicy:
     """How to use STARTTLS, with its one client context (building one costs ~20 ms)."""
 
-    def __init__(self, *, require_verified: bool) -> None:
+    def __init__(self, *, require_verified: bool, ca_file: pathlib.Path | None = None) -> None:
         self.require_verified = require_verified
         context = ssl.create_default_context()
+        if ca_file is not None:  # REMAILS_TLS_CA_FILE: private CAs trusted beside the system's
+            context.load_verify_locations(cafile=ca_file)
         if not require_verified:
             # Opportunistic TLS: encrypt even when the certificate cannot be verified (RFC 7435).
             context.check_hostname = False
@@ -200,9 +203,11 @@ async def deliver(
     hostname: str,
     tls: TlsPolicy,
     step_timeout: float,
+    unreachable: str = "4.4.1",
 ) -> AttemptRecord:
     """Try the MX hosts in order until one holds a conversation; a connection-level failure
-    moves to the next, an SMTP reply (even 4xx) ends the attempt."""
+    moves to the next, an SMTP reply (even 4xx) ends the attempt. `unreachable`: the enhanced
+    code when none held one (4.7.5 when a policy demanded verified TLS)."""
     started = time.monotonic()
     errors: list[str] = []
     for host in hosts:
@@ -231,7 +236,7 @@ async def deliver(
                 replies=replies,
             )
     text = "no MX host answered: " + "; ".join(errors[-3:])
-    return failed_attempt(domain, envelope.recipients, source_ip, "4.4.1", text, started)
+    return failed_attempt(domain, envelope.recipients, source_ip, unreachable, text, started)
 
 
 async def _on_path(

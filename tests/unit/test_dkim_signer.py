@@ -38,3 +38,34 @@ def test_a_changed_body_or_signed_header_fails() -> None:
     assert not _verify(signed.replace(b"body", b"b0dy"))
     assert not _verify(signed.replace(b"Subject: hi", b"Subject: ho"))
     assert _verify(signed.replace(b"Subject: hi", b"Subject:   hi"))  # relaxed: whitespace only
+
+
+def test_ed25519_signs_alongside_rsa_and_both_verify_with_dkimpy() -> None:
+    from remails.crypto import generate_ed25519_dkim_key
+    from sender_node.dkim_signer import SignerSet
+
+    ed = generate_ed25519_dkim_key()
+    records = {
+        b"rm1._domainkey.example.test.": RECORD,
+        b"rme1._domainkey.example.test.": f"v=DKIM1; k=ed25519; p={ed.public_b64}".encode(),
+    }
+    signers = SignerSet(
+        [
+            DkimSigner("example.test", "rme1", ed.private_pem),
+            DkimSigner("example.test", "rm1", KEY.private_pem),
+        ]
+    )
+    message = b"From: a@example.test\r\nTo: b@dest.test\r\nSubject: hi\r\n\r\nbody\r\n"
+    signed = signers.signature_header(message) + message
+    assert signed.count(b"DKIM-Signature:") == 2
+    assert b"a=ed25519-sha256" in signed and b"a=rsa-sha256" in signed
+    verifier = dkim.DKIM(signed)
+    dnsfunc = lambda name, timeout=5: records.get(name, b"")  # noqa: E731
+    algorithms = set()
+    for index in range(2):
+        assert verifier.verify(idx=index, dnsfunc=dnsfunc), index
+        algorithms.add(verifier.signature_fields[b"a"])
+    assert algorithms == {b"rsa-sha256", b"ed25519-sha256"}
+    tampered = signed.replace(b"body", b"b0dy")
+    with pytest.raises(dkim.ValidationError, match="body hash"):
+        dkim.DKIM(tampered).verify(idx=1, dnsfunc=dnsfunc)
