@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -21,8 +22,8 @@ from remails import metrics
 from remails.addresses import ascii_domain
 from remails.bus import Trigger
 from remails.context import Context
-from remails.db import egress, pipeline
-from remails.db.domains import signing_key
+from remails.db import egress, inbound, pipeline
+from remails.db.dkim_keys import signing_keys
 from remails.dns import make_resolver
 from remails.domain_records import is_same_or_subdomain
 from remails.events import (
@@ -36,10 +37,12 @@ from remails.events import (
 from remails.log import log_event
 from remails.message_headers import normalise_line_endings
 from remails.outcomes import RecipientResult, classify
+from remails.return_path import KEY_PURPOSE, envelope_senders
 from sender_node.connections import ConnectionCache
-from sender_node.dkim_signer import DkimSigner
+from sender_node.dkim_signer import DkimSigner, SignerSet
 from sender_node.egress_ips import bindable
-from sender_node.mx import DeliveryDnsError, resolve_destination
+from sender_node.mta_sts import MtaSts, Policy, allowed_hosts
+from sender_node.mx import DeliveryDnsError, MxHost, resolve_destination
 from sender_node.payload import Payload
 from sender_node.smtp_client import Envelope, TlsPolicy, contained, deliver, failed_attempt
 
@@ -58,9 +61,23 @@ class SenderNode:
         configured = list(ctx.settings.outbound_ips)
         self.ips = bindable(configured) if ctx.settings.outbound_ips_discover else configured
         self.resolver = make_resolver(ctx.settings, cache=True)
-        self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls)
+        ca_file = ctx.settings.tls_ca_file
+        self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls, ca_file=ca_file)
+        # MTA-STS: verified TLS, with connections of its own (never an unverified cached one).
+        self.tls_verified = TlsPolicy(require_verified=True, ca_file=ca_file)
+        self.verified_connections = ConnectionCache()
+        self.mta_sts = (
+            MtaSts(
+                self.resolver,
+                ca_file,
+                port=ctx.settings.mta_sts_port,
+                timeout=ctx.settings.smtp_client_timeout_seconds,
+            )
+            if ctx.settings.mta_sts
+            else None
+        )
         self.rng = random.Random()
-        self._signers: dict[tuple[UUID, str, str, bytes], DkimSigner] = {}
+        self._signers: dict[tuple[UUID, str, tuple[tuple[str, bytes], ...]], DkimSigner | SignerSet] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self.connections = ConnectionCache()
         # The lease outlives the longest attempt: every MX step may take the full timeout.
@@ -96,34 +113,47 @@ class SenderNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         await self.connections.close_idle(everything=True)
+        await self.verified_connections.close_idle(everything=True)
+        if self.mta_sts is not None:
+            await self.mta_sts.close()
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             await self.connections.close_idle()
+            await self.verified_connections.close_idle()
+            if self.settings.outbound_ips_discover:  # a floating IP may have moved here or away
+                self.ips = bindable(list(self.settings.outbound_ips))
             try:
                 stale = self.settings.heartbeat_seconds * 3
                 await egress.heartbeat(self.ctx.pipeline, self.name, self.ips, stale)
             except Exception as exc:  # a missed beat only delays routing to us
                 log_event(logger, "heartbeat failed", logging.WARNING, error=type(exc).__name__)
 
-    async def _signer(self, org_id: UUID, mail_from: str) -> DkimSigner | None:
-        """The signer of the most specific registered domain of the sender. The key row is read
-        for every message (a deleted and re-added domain has a new key at once); only the
-        parsed key is kept, under a digest of the sealed key itself."""
+    async def _signer(self, org_id: UUID, mail_from: str) -> DkimSigner | SignerSet | None:
+        """The signer of the most specific registered domain of the sender: its RSA key, and its
+        Ed25519 key beside it when it has one. The key rows are read for every message (a
+        rotated or re-added key signs at once); only the parsed keys are kept, under digests of
+        the sealed keys themselves."""
         sender_domain = mail_from.rpartition("@")[2].lower()
         candidates = [sender_domain]
         parts = sender_domain.split(".")
         candidates += [".".join(parts[i:]) for i in range(1, len(parts) - 1)]
         for name in candidates:
-            key = await signing_key(self.ctx.pipeline, org_id, name)
-            if key is None or not is_same_or_subdomain(sender_domain, key.domain):
+            keys = await signing_keys(self.ctx.pipeline, org_id, name)
+            if not keys or not is_same_or_subdomain(sender_domain, keys[0].domain):
                 continue
-            cache_key = (org_id, key.domain, key.selector, hashlib.sha256(key.private_sealed).digest())
+            digests = tuple((k.selector, hashlib.sha256(k.private_sealed).digest()) for k in keys)
+            cache_key = (org_id, keys[0].domain, digests)
             signer = self._signers.get(cache_key)
             if signer is None:
-                pem = self.ctx.master_key.open(key.private_sealed, context=key.domain)
-                signer = DkimSigner(key.domain, key.selector, pem)
+                signers = [
+                    DkimSigner(
+                        k.domain, k.selector, self.ctx.master_key.open(k.private_sealed, context=k.domain)
+                    )
+                    for k in keys
+                ]
+                signer = signers[0] if len(signers) == 1 else SignerSet(signers)
                 if len(self._signers) >= SIGNER_CACHE_SIZE:
                     self._signers.clear()
                 self._signers[cache_key] = signer
@@ -148,12 +178,16 @@ class SenderNode:
             payload: Payload | BaseException = Payload(normalise_line_endings(claimed.raw), signer)
         except Exception as exc:  # recorded for every destination below, like any other failure
             payload = exc
+        signed: bytes | None = None
+        if claimed.sandbox:  # signed like any message, recorded delivered, sent to no MX
+            signed = await self._record_sandbox(message.id, by_domain, payload, data.outbound_ip)
+        transactions = (
+            [] if claimed.sandbox else await self._transactions(message.id, claimed.mail_from, by_domain)
+        )
         results = await asyncio.gather(
             *(
-                self._deliver_and_record(
-                    message.id, domain, rcpts, claimed.mail_from, payload, data.outbound_ip
-                )
-                for domain, rcpts in by_domain.items()
+                self._deliver_and_record(message.id, domain, rcpts, mail_from, payload, data.outbound_ip)
+                for domain, rcpts, mail_from in transactions
             ),
             return_exceptions=True,
         )
@@ -166,7 +200,7 @@ class SenderNode:
                     message_id=message.id,
                     error=type(result).__name__,
                 )
-        if not await pipeline.finish_sending(self.ctx.pipeline, message.id, self.name):
+        if not await pipeline.finish_sending(self.ctx.pipeline, message.id, self.name, signed):
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=message.id)
             return None
         return make_event(
@@ -178,6 +212,43 @@ class SenderNode:
                 outbound_ip=data.outbound_ip,
             ),
         )
+
+    async def _record_sandbox(
+        self,
+        message_id: UUID,
+        by_domain: dict[str, list[str]],
+        payload: Payload | BaseException,
+        source_ip: str,
+    ) -> bytes | None:
+        """A sandbox message's destinations, recorded delivered with a note and no DNS or MX
+        contact; returns the signed bytes (None: signing failed, recorded as any failure)."""
+        try:
+            if isinstance(payload, BaseException):
+                raise payload
+            signed = payload.data(seven_bit=False)
+        except Exception as exc:
+            for domain, rcpts in by_domain.items():
+                await self._deliver_and_record(message_id, domain, rcpts, "", exc, source_ip)
+            return None
+        for domain, rcpts in by_domain.items():
+            attempt = _sandbox_attempt(domain, rcpts, source_ip)
+            if not await pipeline.record_destination(
+                self.ctx.pipeline, message_id, self.name, attempt, rcpts
+            ):
+                log_event(logger, "lease lost before recording", logging.WARNING, message_id=message_id)
+            log_event(
+                logger, "sandbox attempt", message_id=message_id, domain=domain, egress_source=source_ip
+            )
+        return signed
+
+    async def _transactions(
+        self, message_id: UUID, mail_from: str, by_domain: dict[str, list[str]]
+    ) -> list[tuple[str, list[str], str]]:
+        """(domain, recipients, MAIL FROM): one per recipient with its VERP token once the
+        sender's return-path domain is verified, else one per domain."""
+        return_domain, ids = await inbound.return_path_recipients(self.ctx.pipeline, message_id)
+        key = self.ctx.master_key.derive(KEY_PURPOSE)
+        return envelope_senders(key, message_id, mail_from, return_domain, ids, by_domain)
 
     async def _deliver_and_record(
         self,
@@ -237,17 +308,76 @@ class SenderNode:
             hosts = await resolve_destination(self.resolver, mx_domain, source_ip, self.rng)
         except DeliveryDnsError as exc:
             return failed_attempt(domain, recipients, source_ip, exc.enhanced, exc.text, started)
+        envelope = Envelope(mail_from, recipients, payload)
+        policy = await self.mta_sts.policy(mx_domain) if self.mta_sts is not None else None
+        if policy is None:
+            return await self._deliver(domain, hosts, envelope, source_ip)
+        return await self._deliver_under_policy(policy, domain, hosts, envelope, source_ip, started)
+
+    async def _deliver(
+        self, domain: str, hosts: list[MxHost], envelope: Envelope, source_ip: str, *, verified: bool = False
+    ) -> pipeline.AttemptRecord:
         return await deliver(
             domain,
             hosts,
-            Envelope(mail_from, recipients, payload),
-            cache=self.connections,
+            envelope,
+            cache=self.verified_connections if verified else self.connections,
             source_ip=source_ip,
             port=self.settings.delivery_port,
             hostname=self.settings.hostname,
-            tls=self.tls,
+            tls=self.tls_verified if verified else self.tls,
             step_timeout=self.settings.smtp_client_timeout_seconds,
+            unreachable="4.7.5" if verified else "4.4.1",
         )
+
+    async def _deliver_under_policy(
+        self,
+        policy: Policy,
+        domain: str,
+        hosts: list[MxHost],
+        envelope: Envelope,
+        source_ip: str,
+        started: float,
+    ) -> pipeline.AttemptRecord:
+        """`enforce`: only the MX hosts the policy names, over verified TLS, else 4.7.5.
+        `testing`: the same try; when it would have failed, deliver as without a policy and
+        record why in the attempt log (its TLS field, like a TLSRPT failure detail)."""
+        tag = f"mta-sts {policy.mode} id={policy.id}"
+        names = set(allowed_hosts(policy, [h.name for h in hosts]))
+        matching = [h for h in hosts if h.name in names]
+        failure: str
+        if matching:
+            attempt = await self._deliver(domain, matching, envelope, source_ip, verified=True)
+            if attempt.code is not None or policy.mode == "enforce":
+                return _noted(attempt, tag)
+            failure = f"validation-failure: {attempt.text}"
+        else:
+            failure = "no MX host is named by the policy: " + ", ".join(h.name for h in hosts)
+            if policy.mode == "enforce":
+                text = f"MTA-STS policy of {domain} (enforce): {failure}"
+                return _noted(
+                    failed_attempt(domain, envelope.recipients, source_ip, "4.7.5", text, started), tag
+                )
+        log_event(logger, "mta-sts testing would fail", logging.WARNING, domain=domain, reason=failure[:200])
+        attempt = await self._deliver(domain, hosts, envelope, source_ip)
+        return _noted(attempt, f"{tag}: would have failed: {failure}")
+
+
+SANDBOX_NOTE = "sandbox: not sent"
+
+
+def _sandbox_attempt(domain: str, recipients: list[str], source_ip: str) -> pipeline.AttemptRecord:
+    """What a sandbox destination records: a positive final reply that no server gave."""
+    reply = (250, "2.0.0", SANDBOX_NOTE)
+    return pipeline.AttemptRecord(
+        domain, recipients, None, source_ip, None, *reply, 0, dict.fromkeys(recipients, reply)
+    )
+
+
+def _noted(attempt: pipeline.AttemptRecord, note: str) -> pipeline.AttemptRecord:
+    """The policy outcome beside the TLS version in the attempt log."""
+    tls = f"{attempt.tls_version}; {note}" if attempt.tls_version else note
+    return dataclasses.replace(attempt, tls_version=tls[:400])
 
 
 async def _reraise(exc: BaseException) -> pipeline.AttemptRecord:

@@ -81,10 +81,15 @@ async def register_node(pool: asyncpg.Pool, node_name: str, ips: list[str], url:
 
 
 async def heartbeat(pool: Executor, node_name: str, ips: list[str], stale_seconds: float) -> None:
-    """The node is alive; it also takes over its IPs from a holder that stopped beating (a node
-    that died, or another worker of the same host)."""
+    """The node is alive; it lets go of the IPs it no longer holds (a floating IP moved to
+    another node) and takes over its IPs from a holder that stopped beating (a node that died,
+    or another worker of the same host)."""
     await pool.execute(
-        "WITH beat AS (UPDATE sender_nodes SET heartbeat_at = now() WHERE name = $1)"
+        "WITH beat AS (UPDATE sender_nodes SET heartbeat_at = now() WHERE name = $1),"
+        " released AS (UPDATE outbound_ips SET node_name = NULL"
+        "  WHERE node_name = $1 AND NOT (ip = ANY($2::inet[]))),"
+        " added AS (INSERT INTO outbound_ips (ip, node_name) SELECT unnest($2::inet[]), $1"
+        "  ON CONFLICT (ip) DO NOTHING)"
         " UPDATE outbound_ips o SET node_name = $1 WHERE o.ip = ANY($2::inet[])"
         " AND o.node_name IS DISTINCT FROM $1 AND NOT EXISTS (SELECT 1 FROM sender_nodes n"
         " WHERE n.name = o.node_name AND n.heartbeat_at > now() - make_interval(secs => $3))",

@@ -161,3 +161,14 @@ async def test_routing_sees_only_ips_of_live_nodes_and_the_orgs_own_pool(
     # A live node takes over an IP whose holder stopped beating.
     await egress.heartbeat(pool, "live", ["127.0.0.2", "127.0.0.3", "127.0.0.4"], stale_seconds=30)
     assert await pool.fetchval("SELECT node_name FROM outbound_ips WHERE ip = '127.0.0.4'") == "live"
+
+    # A floating IP moved from one live node to another: the old holder lets go, the new takes it.
+    await egress.register_node(pool, "new", [])
+    await egress.heartbeat(pool, "new", ["127.0.0.4"], stale_seconds=30)
+    assert await pool.fetchval("SELECT node_name FROM outbound_ips WHERE ip = '127.0.0.4'") == "live"
+    await egress.heartbeat(pool, "live", ["127.0.0.2", "127.0.0.3"], stale_seconds=30)
+    assert await pool.fetchval("SELECT node_name FROM outbound_ips WHERE ip = '127.0.0.4'") is None
+    await egress.heartbeat(pool, "new", ["127.0.0.4", "127.0.0.5"], stale_seconds=30)
+    assert await pool.fetchval("SELECT node_name FROM outbound_ips WHERE ip = '127.0.0.4'") == "new"
+    # an IP attached to a node after it started is registered by its next beat
+    assert await pool.fetchval("SELECT node_name FROM outbound_ips WHERE ip = '127.0.0.5'") == "new"
