@@ -85,13 +85,15 @@ async def _time_pages(client: Any, pages: dict[str, str], repeat: int) -> dict[s
             started = time.perf_counter()
             answer = await client.get(url)
             first = first or (time.perf_counter() - started) * 1000
-            assert answer.status_code == 200, (url, answer.status_code, answer.text[:500])
+            if answer.status_code != 200:
+                raise SystemExit(f"{url}: {answer.status_code} {answer.text[:500]}")
         times = []
         for _ in range(repeat):
             started = time.perf_counter()
             answer = await client.get(url)
             times.append((time.perf_counter() - started) * 1000)
-            assert answer.status_code == 200, url
+            if answer.status_code != 200:
+                raise SystemExit(f"{url}: {answer.status_code}")
         figures[name] = {
             "first_ms": round(first, 1),
             "p50_ms": round(statistics.median(times), 1),
@@ -171,7 +173,8 @@ async def run(n: int, repeat: int, plans: bool) -> dict[str, Any]:
                 answer = await client.post(
                     "/login", data={"email": "bench@bench.test", "password": "bench password 1", "csrf": csrf}
                 )
-                assert answer.status_code == 303, answer.text[:300]
+                if answer.status_code != 303:
+                    raise SystemExit(f"login failed: {answer.text[:300]}")
                 message_id, recipient = await db.pool.fetchrow(
                     "SELECT m.id, r.address FROM messages m JOIN recipients r ON r.message_id = m.id"
                     " WHERE m.organization_id = $1 ORDER BY m.created_at LIMIT 1 OFFSET $2",

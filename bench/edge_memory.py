@@ -61,6 +61,7 @@ async def _serve(data_dir: Path, port: int, max_size: int) -> None:
             hostname="edge.bench.test",
             smtp_submission_listen=f"127.0.0.1:{port}",
             smtp_tls_listen=f"127.0.0.1:{free_port()}",
+            smtp_mx_listen=f"127.0.0.1:{free_port()}",
             trusted_networks=f"127.0.0.0/8={project.id}",
             smtp_max_message_size=max_size,
         )
@@ -141,7 +142,8 @@ def run(messages: int, size: int, bound: float) -> dict[str, Any]:
             env={k: v for k, v in os.environ.items() if not k.startswith("REMAILS_")},
         )
         try:
-            assert child.stdout is not None and child.stdin is not None
+            if child.stdout is None or child.stdin is None:
+                raise SystemExit("the edge process has no pipes")
             ready = child.stdout.readline()
             if ready.strip() != b"ready":
                 raise RuntimeError("the edge did not start")

@@ -186,7 +186,8 @@ def _run_streaming(argv: list[str], env: dict[str, str]) -> Iterator[bytes]:
     with tempfile.TemporaryFile() as errors:
         # argv: our own PostgreSQL binaries and options, no shell.
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env)  # noqa: S603
-        assert process.stdout is not None
+        if process.stdout is None:
+            raise BackupError("pg_dump started without its output pipe")
         try:
             while chunk := process.stdout.read(_CHUNK):
                 yield chunk
@@ -235,7 +236,8 @@ def _script(dsn_with_password: str, snapshot: Snapshot, without_bodies: bool) ->
             "--set=ON_ERROR_STOP=1",
             "--command=BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             f"--command=SET TRANSACTION SNAPSHOT '{snapshot.name}'",
-            f"--command=COPY (SELECT {selected} FROM public.messages) TO STDOUT",
+            # our own column list and the snapshot name pg_export_snapshot() gave us
+            f"--command=COPY (SELECT {selected} FROM public.messages) TO STDOUT",  # noqa: S608
             "--command=COMMIT",
             "--dbname",
             dsn,
@@ -461,7 +463,8 @@ def _restore_into_psql(
             env=env,
         )
         psql.append(process)
-        assert process.stdin is not None
+        if process.stdin is None:
+            raise BackupError("psql started without its input pipe")
         return process.stdin
 
     progress = _Progress("restore")
@@ -484,7 +487,8 @@ def _restore_into_psql(
                 errors.seek(0)
                 raise BackupError(f"restore failed, nothing was written: {_psql_error(errors, code)}")
     progress.done()
-    assert writer.manifest is not None
+    if writer.manifest is None:
+        raise BackupError("the backup has no manifest: not a Remails backup, or cut short")
     return writer.manifest
 
 

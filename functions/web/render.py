@@ -41,7 +41,8 @@ def _problem(exc: Exception) -> tuple[str, str | None]:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or None
         return str(first.get("msg", "invalid")).removeprefix("Value error, "), field
-    assert isinstance(exc, RemailsError)
+    if not isinstance(exc, RemailsError):
+        raise exc
     return exc.message, exc.field
 
 

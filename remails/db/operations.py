@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from remails.db.migrate import available_migrations
+from remails.db.rows import required
 
 __all__ = [
     "QUEUE_STATUSES",
@@ -67,7 +68,7 @@ async def read_figures(pool: asyncpg.Pool) -> Figures:
         webhooks = int(await conn.fetchval(_WEBHOOKS))
         domains = await conn.fetchrow(_DOMAINS)
         backups = await conn.fetchrow(_BACKUPS)
-    assert domains is not None and backups is not None  # aggregates: always one row
+    domains, backups = required(domains), required(backups)  # aggregates: always one row
     return Figures(
         queue=queue,
         webhook_backlog=webhooks,
@@ -151,5 +152,4 @@ async def restored_counts(pool: asyncpg.Pool) -> dict[str, int]:
         " (SELECT count(*) FROM smtp_credentials) AS smtp_credentials,"
         " (SELECT count(*) FROM messages) AS messages"
     )
-    assert row is not None
-    return dict(row)
+    return dict(required(row))
