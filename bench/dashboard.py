@@ -175,7 +175,7 @@ async def run(n: int, repeat: int, plans: bool) -> dict[str, Any]:
                 )
                 if answer.status_code != 303:
                     raise SystemExit(f"login failed: {answer.text[:300]}")
-                message_id, recipient = await db.pool.fetchrow(
+                message_id, recipient = await db.pool.fetchrow(  # type: ignore[misc]  # one row: LIMIT 1 of many
                     "SELECT m.id, r.address FROM messages m JOIN recipients r ON r.message_id = m.id"
                     " WHERE m.organization_id = $1 ORDER BY m.created_at LIMIT 1 OFFSET $2",
                     org.id,

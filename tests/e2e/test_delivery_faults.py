@@ -100,9 +100,8 @@ async def test_a_crash_after_one_destination_resends_only_to_the_others(world: W
 
 
 async def _crash_mid_message(world: World, pool: Pool, first: Spawned, fast: Sink, slow: Sink) -> None:
-    tenant = await world.tenant(
-        SimpleNamespace(db=SimpleNamespace(pool=pool), settings=first.settings), "example.test"
-    )  # type: ignore[arg-type]
+    stand_in: Any = SimpleNamespace(db=SimpleNamespace(pool=pool), settings=first.settings)
+    tenant = await world.tenant(stand_in, "example.test")
     message_id = await world.submit(
         first.edge.submission_address[1], tenant, ["one@fast.test", "two@slow.test"]
     )

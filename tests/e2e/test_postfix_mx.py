@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.policy import default
+from typing import Any
 
 import aiosmtplib
 import dkim
@@ -30,6 +31,7 @@ import trustme
 from remails.runtime import Runtime
 from tests.e2e.conftest import World, message_status
 from tests.factories import Tenant
+from tests.support.db import one_row
 from tests.support.postfix import Listener, PostfixMx
 from tests.support.sink import free_port
 from tests.support.wait import wait_until
@@ -215,7 +217,7 @@ async def test_utf8_mailbox_to_a_7bit_mx_bounces_5_6_7_and_the_other_gets_one_co
     assert fates == {"jörg@seven.test": ("bounced", "5.6.7"), "plain@modern.test": ("delivered", "2.0.0")}
 
 
-async def _cli_show(world: World, message_id: str) -> dict[str, object]:
+async def _cli_show(world: World, message_id: str) -> dict[str, Any]:
     settings = world.settings()
     env = {
         **os.environ,
@@ -273,8 +275,8 @@ async def test_with_verified_tls_required_a_failed_handshake_is_not_retried_in_c
         )
 
     await wait_until(tried, bound=30)
-    attempt = await pool.fetchrow(
-        "SELECT enhanced, text FROM attempts WHERE message_id = $1::uuid", message_id
+    attempt = await one_row(
+        pool, "SELECT enhanced, text FROM attempts WHERE message_id = $1::uuid", message_id
     )
     assert attempt["enhanced"] == "4.4.1" and "TLS failed" in attempt["text"], attempt
     assert len(postfix.delivered("user@oldtls.test")) == before

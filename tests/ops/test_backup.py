@@ -126,7 +126,7 @@ async def empty_database(dsn: str) -> None:
 async def is_empty(dsn: str) -> bool:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+        return int(await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")) == 0
     finally:
         await conn.close()
 

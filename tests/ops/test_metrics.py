@@ -95,12 +95,12 @@ async def test_metrics_count_every_outcome_across_two_workers(world: World, tmp_
         await world.submit(up.submission, tenant, ["nobody@gone.test"])
         context = ssl.create_default_context()
         world.ca.configure_trust(context)
-        with smtplib.SMTP("127.0.0.1", up.submission, local_hostname="app.test") as client:
-            client.starttls(context=context)
-            client.ehlo()
-            client.user, client.password = tenant.username, "not the password"
+        with smtplib.SMTP("127.0.0.1", up.submission, local_hostname="app.test") as smtp:
+            smtp.starttls(context=context)
+            smtp.ehlo()
+            smtp.user, smtp.password = tenant.username, "not the password"
             try:
-                client.auth("PLAIN", client.auth_plain)  # one try (login() would try each mechanism)
+                smtp.auth("PLAIN", smtp.auth_plain)  # one try (login() would try each mechanism)
             except smtplib.SMTPAuthenticationError as exc:
                 assert exc.smtp_code == 535
             else:

@@ -14,6 +14,7 @@ import httpx
 from remails.db import Pool, users
 from tests.e2e.conftest import World
 from tests.factories import make_tenant
+from tests.support.db import one_row
 from tests.support.wait import wait_until
 from tests.web.conftest import PASSWORD, Site, add_user, csrf_of
 
@@ -21,8 +22,8 @@ from tests.web.conftest import PASSWORD, Site, add_user, csrf_of
 async def _system_runtime(world: World, pool: Pool) -> tuple[str, str]:
     """A runtime with system mail from a verified domain; its origin and the sender."""
     system = await make_tenant(pool, world.settings(), "remails.test")
-    key = await pool.fetchrow(
-        "SELECT dkim_selector, dkim_public_key FROM domains WHERE name = 'remails.test'"
+    key = await one_row(
+        pool, "SELECT dkim_selector, dkim_public_key FROM domains WHERE name = 'remails.test'"
     )
     world.dns.zone.txt(
         f"{key['dkim_selector']}._domainkey.remails.test", f"v=DKIM1; k=rsa; p={key['dkim_public_key']}"
