@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-import pyrage  # type: ignore[import-untyped]
+import pyrage
 
 from remails.config import Settings
 from remails.crypto import MasterKey, load_master_key
@@ -93,7 +93,7 @@ def parse_s3(url: str) -> S3Location:
 
 
 def _s3_client(settings: Settings) -> Any:
-    import boto3  # type: ignore[import-untyped]
+    import boto3
 
     # Credentials and region come from the usual AWS variables, files or roles.
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
