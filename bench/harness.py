@@ -247,6 +247,7 @@ class Remails:
             "REMAILS_DELIVERY_PORT": str(self.delivery_port),
             "REMAILS_OUTBOUND_IPS": self.outbound_ips,
             "REMAILS_SMTP_TLS_LISTEN": f"127.0.0.1:{free_port()}",
+            "REMAILS_SMTP_MX_LISTEN": f"127.0.0.1:{free_port()}",
             "REMAILS_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
             "REMAILS_NODE_NAME": "bench-node",
             **self.extra_env,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from datetime import UTC, datetime
 from uuid import UUID
@@ -46,6 +47,7 @@ OUTCOME_TYPES = [
     EventType.MESSAGE_FAILED,
     EventType.MESSAGE_HELD,
     EventType.MESSAGE_REJECTED,
+    EventType.MESSAGE_COMPLAINED,
 ]
 OUTCOME_FILTERS = [{"any": [{"exact": {"type": t.value}} for t in OUTCOME_TYPES]}]
 TICK_FILTERS = [{"exact": {"type": EventType.TICK.value}}]
@@ -174,7 +176,11 @@ async def send_due(ctx: Context, message_id: UUID | None, max_batches: int = 25)
     tried = 0
     limit = ctx.settings.webhook_timeout_seconds
     timeout = httpx.Timeout(limit, connect=min(5.0, limit))
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+    verify: ssl.SSLContext | bool = True
+    if ctx.settings.tls_ca_file is not None:  # REMAILS_TLS_CA_FILE: trusted beside the system CAs
+        verify = ssl.create_default_context()
+        verify.load_verify_locations(cafile=ctx.settings.tls_ca_file)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=verify) as client:
         for _ in range(max_batches):
             await asyncio.gather(*(_attempt(ctx, client, d) for d in due))
             tried += len(due)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from remails.config import ConfigError
 
@@ -28,6 +29,7 @@ __all__ = [
     "digest",
     "digest_matches",
     "generate_dkim_key",
+    "generate_ed25519_dkim_key",
     "generate_secret",
     "load_master_key",
 ]
@@ -55,6 +57,7 @@ class MasterKey:
         if len(key) != 32:
             raise ValueError("master key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
 
     def seal(self, plaintext: bytes, context: str) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
@@ -65,6 +68,11 @@ class MasterKey:
             return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], context.encode())
         except InvalidTag:
             raise ValueError("cannot decrypt: wrong master key or tampered data") from None
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose (HKDF-SHA256), so the master key itself signs nothing."""
+        info = purpose.encode()
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(self._key)
 
     def __repr__(self) -> str:
         return "MasterKey(<hidden>)"
@@ -107,3 +115,15 @@ def generate_dkim_key(bits: int = 2048) -> DkimKeyPair:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return DkimKeyPair(private_pem, base64.b64encode(public_der).decode())
+
+
+def generate_ed25519_dkim_key() -> DkimKeyPair:
+    """An Ed25519 DKIM key (RFC 8463): p= is the raw 32-byte public key, not SubjectPublicKeyInfo."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return DkimKeyPair(private_pem, base64.b64encode(public_raw).decode())

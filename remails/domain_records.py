@@ -13,10 +13,14 @@ __all__ = [
     "DnsRecord",
     "RecordCheck",
     "check_records",
+    "dkim_published",
+    "dkim_record",
     "dkim_record_name",
     "expected_records",
     "is_same_or_subdomain",
     "parse_tags",
+    "return_path_ok",
+    "return_path_records",
 ]
 
 
@@ -54,9 +58,11 @@ def _spf_terms(outbound_ips: list[str]) -> list[str]:
 
 
 def expected_records(
-    domain: str, selector: str, public_key_b64: str, outbound_ips: list[str]
+    domain: str, selector: str, public_key_b64: str, outbound_ips: list[str], *, rua: str | None = None
 ) -> list[DnsRecord]:
+    """`rua`: the address DMARC aggregate reports go to (ours, see docs/receiving.md)."""
     spf = " ".join(["v=spf1", *_spf_terms(outbound_ips), "~all"])
+    dmarc = "v=DMARC1; p=none" + (f"; rua=mailto:{rua}" if rua else "")
     return [
         DnsRecord(
             "dkim",
@@ -65,8 +71,26 @@ def expected_records(
             f"v=DKIM1; k=rsa; p={public_key_b64}",
         ),
         DnsRecord("spf", "TXT", domain, spf),
-        DnsRecord("dmarc", "TXT", f"_dmarc.{domain}", "v=DMARC1; p=none"),
+        DnsRecord("dmarc", "TXT", f"_dmarc.{domain}", dmarc),
     ]
+
+
+def return_path_records(return_domain: str, hostname: str, outbound_ips: list[str]) -> list[DnsRecord]:
+    """The return-path subdomain (rp.<domain>): bounces come to our MX, and SPF passes for
+    the envelope sender there — aligned with the From domain for DMARC."""
+    spf = " ".join(["v=spf1", *_spf_terms(outbound_ips), "-all"])
+    return [
+        DnsRecord("return_path_mx", "MX", return_domain, f"10 {hostname.rstrip('.')}."),
+        DnsRecord("return_path_spf", "TXT", return_domain, spf),
+    ]
+
+
+def return_path_ok(records: list[DnsRecord], mx_hosts: list[str], txts: list[str]) -> bool:
+    """Does DNS hold the return-path records: an MX naming our host, and the SPF terms?"""
+    by_kind = {r.kind: r for r in records}
+    ours = by_kind["return_path_mx"].value.split()[-1].rstrip(".").lower()
+    mx_ok = ours in {h.rstrip(".").lower() for h in mx_hosts}
+    return mx_ok and _check_spf(by_kind["return_path_spf"], txts)
 
 
 def parse_tags(record: str) -> dict[str, str]:
@@ -82,6 +106,19 @@ def parse_tags(record: str) -> dict[str, str]:
 def _check_dkim(expected: DnsRecord, found: list[str]) -> bool:
     want = parse_tags(expected.value)["p"]
     return any(parse_tags(txt).get("p") == want for txt in found)
+
+
+def dkim_record(selector: str, domain: str, public_key_b64: str, algorithm: str = "rsa-sha256") -> DnsRecord:
+    """The TXT record of one DKIM key; Ed25519 keys (RFC 8463) say k=ed25519."""
+    kind = "ed25519" if algorithm == "ed25519-sha256" else "rsa"
+    return DnsRecord(
+        "dkim", "TXT", dkim_record_name(selector, domain), f"v=DKIM1; k={kind}; p={public_key_b64}"
+    )
+
+
+def dkim_published(expected: DnsRecord, found: list[str]) -> bool:
+    """Does one of the TXT strings carry the key of `expected`?"""
+    return _check_dkim(expected, found)
 
 
 def _check_spf(expected: DnsRecord, found: list[str]) -> bool:

@@ -20,6 +20,7 @@ __all__ = [
     "DeliveryAttempted",
     "EventSpec",
     "EventType",
+    "InboundReceived",
     "MessageEvent",
     "MessageOutcome",
     "MessageRouted",
@@ -41,6 +42,8 @@ class EventType(StrEnum):
     MESSAGE_FAILED = "message.failed"
     MESSAGE_HELD = "message.held"
     MESSAGE_REJECTED = "message.rejected"
+    MESSAGE_COMPLAINED = "message.complained"
+    INBOUND_RECEIVED = "inbound.received"
     TICK = "tick"
 
 
@@ -74,6 +77,13 @@ class Tick(_Data):
     at: datetime
 
 
+class InboundReceived(_Data):
+    """Mail the inbound MX stored (a bounce, a complaint, a report); not about one message yet."""
+
+    inbound_id: UUID
+    kind: str
+
+
 @dataclass(frozen=True)
 class EventSpec:
     event_type: EventType
@@ -86,7 +96,7 @@ _MSG_EXT = ("orgid", "projectid", "msgid")
 
 
 def _spec(t: EventType, source: str, data: type[_Data], *extra: str) -> EventSpec:
-    ext = () if data is Tick else (*_MSG_EXT, *extra)
+    ext = () if data in (Tick, InboundReceived) else (*_MSG_EXT, *extra)
     return EventSpec(t, source, data, ext)
 
 
@@ -104,6 +114,8 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(EventType.MESSAGE_FAILED, "/remails/retry", MessageOutcome),
         _spec(EventType.MESSAGE_HELD, "/remails/quota", MessageOutcome),
         _spec(EventType.MESSAGE_REJECTED, "/remails/validate", MessageOutcome),
+        _spec(EventType.MESSAGE_COMPLAINED, "/remails/inbound", MessageOutcome),
+        _spec(EventType.INBOUND_RECEIVED, "/remails/inbound-mx", InboundReceived),
         _spec(EventType.TICK, "/remails/ticker", Tick),
     ]
 }

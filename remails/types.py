@@ -35,7 +35,7 @@ MessageStatus = Literal[
     "held",
     "rejected",
 ]
-RecipientStatus = Literal["pending", "suppressed", "delivered", "deferred", "bounced", "failed"]
+RecipientStatus = Literal["pending", "suppressed", "delivered", "deferred", "bounced", "failed", "complained"]
 
 # What a webhook endpoint can subscribe to.
 WebhookEventType = Literal[
@@ -46,10 +46,13 @@ WebhookEventType = Literal[
     "message.held",
     "message.rejected",
     "message.suppressed",
+    "message.complained",
 ]
 
 FINAL_MESSAGE_STATUSES: frozenset[str] = frozenset({"delivered", "bounced", "failed", "rejected"})
-FINAL_RECIPIENT_STATUSES: frozenset[str] = frozenset({"suppressed", "delivered", "bounced", "failed"})
+FINAL_RECIPIENT_STATUSES: frozenset[str] = frozenset(
+    {"suppressed", "delivered", "bounced", "failed", "complained"}
+)
 
 
 def literal_values(literal: object) -> tuple[str, ...]:

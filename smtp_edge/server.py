@@ -1,4 +1,5 @@
-"""The SMTP edge: submission with STARTTLS and with implicit TLS, and a graceful stop.
+"""The SMTP edge: submission with STARTTLS and with implicit TLS, the inbound MX (bounces,
+complaints, DMARC reports: `smtp_edge.inbound`), and a graceful stop.
 
 Before the banner, each connection passes the door: a PROXY header only from the load
 balancers (`REMAILS_PROXY_TRUSTED_NETWORKS`), then the connection limits by real client
@@ -29,16 +30,15 @@ from remails.log import log_event
 from smtp_edge.certificates import Certificates
 from smtp_edge.connections import ConnectionTable, proxy_peer_trusted
 from smtp_edge.handler import EdgeHandler, client_ip
+from smtp_edge.inbound import InboundHandler
 from smtp_edge.replies import SHUTTING_DOWN, with_enhanced_code
 from smtp_edge.throttle import AuthThrottle
 
-__all__ = ["EdgeSMTP", "EdgeServer"]
+__all__ = ["EdgeSMTP", "EdgeServer", "MxSMTP"]
 
 logger = logging.getLogger("remails.edge")
 
 BANNER_IDENT = "ESMTP Remails"
-PROXY_TIMEOUT_SECONDS = 5.0
-SESSION_TIMEOUT_SECONDS = 300.0
 TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands without a message, closing")
 LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 5.3.4 Message too big"
@@ -50,9 +50,11 @@ class EdgeSMTP(SMTP):
     """aiosmtpd's SMTP with enhanced status codes on every reply, the door before the banner,
     a junk-command limit and a DATA reader that keeps one copy of the message."""
 
+    listener = "submission"  # the metrics label (implicit TLS: "submissions")
+
     def __init__(
         self,
-        handler: EdgeHandler,
+        handler: EdgeHandler | InboundHandler,
         *,
         edge: EdgeServer,
         implicit_tls: bool,
@@ -86,7 +88,7 @@ class EdgeSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         assert self.session is not None
-        metrics.SMTP_SESSIONS.labels("submissions" if self.implicit_tls else "submission").inc()
+        metrics.SMTP_SESSIONS.labels("submissions" if self.implicit_tls else self.listener).inc()
         settings = self.edge.ctx.settings
         peer = str(self.session.peer[0]) if self.session.peer else ""
         if settings.proxy_protocol:
@@ -94,7 +96,7 @@ class EdgeSMTP(SMTP):
                 log_event(logger, "proxy header from an untrusted peer refused", logging.WARNING, peer=peer)
                 self._close()
                 return
-            self._reset_timeout(PROXY_TIMEOUT_SECONDS)
+            self._reset_timeout(settings.smtp_proxy_timeout_seconds)
             proxy_data = await get_proxy(self._reader)
             if not proxy_data.valid:
                 log_event(logger, "invalid proxy header", logging.WARNING, peer=peer, error=proxy_data.error)
@@ -259,6 +261,17 @@ class EdgeSMTP(SMTP):
                 content += line
 
 
+class MxSMTP(EdgeSMTP):
+    """The inbound MX: the same door, limits and DATA reader; STARTTLS offered; no AUTH,
+    because nothing is submitted here (RCPT decides what we take)."""
+
+    listener = "mx"
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push("502 5.5.1 AUTH is not offered on this port")
+
+
 class EdgeServer:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -267,6 +280,7 @@ class EdgeServer:
         self.handler = EdgeHandler(
             ctx, AuthThrottle(settings.auth_max_failures, settings.auth_failure_window_seconds)
         )
+        self.inbound = InboundHandler(ctx)
         self.sessions: set[EdgeSMTP] = set()
         self.connections = ConnectionTable(
             settings.smtp_max_connections, settings.smtp_max_connections_per_ip
@@ -290,7 +304,25 @@ class EdgeServer:
             tls_context=None if implicit_tls else self.certificates.context,
             auth_require_tls=True,
             auth_required=False,  # enforced at MAIL, so trusted networks can submit without AUTH
-            timeout=SESSION_TIMEOUT_SECONDS,
+            timeout=settings.smtp_session_timeout_seconds,
+            loop=asyncio.get_running_loop(),
+        )
+
+    def _mx_factory(self) -> MxSMTP:
+        settings = self.ctx.settings
+        return MxSMTP(
+            self.inbound,
+            edge=self,
+            implicit_tls=False,
+            hostname=settings.hostname,
+            ident=BANNER_IDENT,
+            data_size_limit=settings.smtp_max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=self.certificates.context,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            auth_required=False,
+            timeout=settings.smtp_session_timeout_seconds,
             loop=asyncio.get_running_loop(),
         )
 
@@ -304,14 +336,17 @@ class EdgeServer:
         submission = await loop.create_server(lambda: self._factory(False), host, port, reuse_port=shared)
         host, port = settings.smtp_tls_listen
         implicit = await loop.create_server(lambda: self._factory(True), host, port, reuse_port=shared)
-        self._servers = [submission, implicit]
-        self._addresses = [self._bound(submission), self._bound(implicit)]
+        host, port = settings.smtp_mx_listen
+        mx = await loop.create_server(self._mx_factory, host, port, reuse_port=shared)
+        self._servers = [submission, implicit, mx]
+        self._addresses = [self._bound(submission), self._bound(implicit), self._bound(mx)]
         self.certificates.start()
         log_event(
             logger,
             "smtp edge listening",
             submission=self.submission_address,
             implicit_tls=self.tls_address,
+            mx=self.mx_address,
             pid=os.getpid(),
         )
 
@@ -328,8 +363,13 @@ class EdgeServer:
     def tls_address(self) -> tuple[str, int]:
         return self._addresses[1]
 
+    @property
+    def mx_address(self) -> tuple[str, int]:
+        return self._addresses[2]
+
     def _busy(self) -> bool:
-        return any(s.in_data for s in self.sessions) or self.handler.storing > 0
+        storing = self.handler.storing + self.inbound.storing
+        return any(s.in_data for s in self.sessions) or storing > 0
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting; let sessions in DATA finish (up to `grace` s); close the rest."""

@@ -6,11 +6,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
+from functions.api.audit_log import actor_of, changing
 from functions.api.auth import Caller, Ctx, Principal
 from functions.api.models import DomainCreate, DomainOut, DomainVerification
 from functions.api.organizations import organization_of
 from remails.context import Context
-from remails.db import domains, orgs
+from remails.db import audit, dkim_keys, domains, orgs
+from remails.dkim_rotation import rotate
 from remails.dns import make_resolver
 from remails.errors import NotFound
 from remails.sending_domains import add_sending_domain, domain_view, verify_sending_domain
@@ -19,8 +21,16 @@ router = APIRouter(tags=["domains"])
 
 
 async def _out(ctx: Context, domain: domains.Domain) -> DomainOut:
-    view = domain_view(domain, ctx.settings.outbound_ips)
+    settings = ctx.settings
+    view = domain_view(
+        domain,
+        settings.outbound_ips,
+        hostname=settings.hostname,
+        reports_domain=settings.effective_reports_domain,
+        other_keys=await dkim_keys.keys_of_domain(ctx.pool, domain.id),
+    )
     view["project_ids"] = await domains.project_ids_of_domain(ctx.pool, domain.id)
+    view["status"] = domain.status
     return DomainOut.model_validate(view)
 
 
@@ -44,6 +54,11 @@ async def add_domain(org_id: UUID, body: DomainCreate, ctx: Ctx, caller: Caller)
     domain = await add_sending_domain(
         ctx.pool, ctx.master_key, org_id, list(dict.fromkeys(body.project_ids)), body.domain
     )
+    # Its own statement: the claim's key is generated outside any transaction.
+    details = {"domain": domain.name, "project_ids": body.project_ids}
+    await audit.record(
+        ctx.pool, actor_of(caller), "domain.create", organization_id=org_id, target=domain.id, details=details
+    )
     return await _out(ctx, domain)
 
 
@@ -62,13 +77,48 @@ async def get_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> DomainOut:
 async def verify_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> DomainVerification:
     domain = await _domain_of(ctx, caller, domain_id, "maintainer")
     _, result = await verify_sending_domain(
-        ctx.pool, make_resolver(ctx.settings), domain, ctx.settings.outbound_ips
+        ctx.pool,
+        make_resolver(ctx.settings),
+        domain,
+        ctx.settings.outbound_ips,
+        hostname=ctx.settings.hostname,
+    )
+    # Its own statement: the DNS lookups are not held inside a transaction.
+    details = {"domain": domain.name, "verified": result["verified"]}
+    await audit.record(
+        ctx.pool,
+        actor_of(caller),
+        "domain.verify",
+        organization_id=domain.organization_id,
+        target=domain.id,
+        details=details,
     )
     return DomainVerification.model_validate(result)
 
 
+@router.post("/v1/domains/{domain_id}/rotate-key", response_model=DomainOut)
+async def rotate_key(domain_id: UUID, ctx: Ctx, caller: Caller, ed25519: bool = False) -> DomainOut:
+    """Start a DKIM key rotation: the new selector's record is listed at once and signs once DNS
+    holds it; `ed25519=true` adds an Ed25519 key (RFC 8463) signing beside RSA. 409 while a
+    rotation waits for DNS."""
+    domain = await _domain_of(ctx, caller, domain_id, "admin")
+    started = await rotate(ctx.pool, ctx.master_key, domain, ed25519=ed25519)
+    details = {"domain": domain.name, "selectors": [k.selector for k in started]}
+    await audit.record(
+        ctx.pool,
+        actor_of(caller),
+        "domain.rotate_key",
+        organization_id=domain.organization_id,
+        target=domain.id,
+        details=details,
+    )
+    return await _out(ctx, domain)
+
+
 @router.delete("/v1/domains/{domain_id}", status_code=204, response_class=Response)
 async def delete_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> Response:
-    await _domain_of(ctx, caller, domain_id, "admin")
-    await domains.delete_domain(ctx.pool, domain_id)
+    domain = await _domain_of(ctx, caller, domain_id, "admin")
+    details = {"domain": domain.name}
+    async with changing(ctx, caller, "domain.delete", domain.organization_id, domain_id, details) as conn:
+        await domains.delete_domain(conn, domain_id)
     return Response(status_code=204)

@@ -104,6 +104,11 @@ class OrganizationOut(BaseModel):
 class ProjectCreate(_In):
     name: Name
     retention_days: Retention | None = None
+    sandbox: bool = Field(
+        default=False,
+        description="messages are validated, counted and DKIM-signed but never sent to an MX;"
+        " they end `delivered` with a `sandbox: not sent` note and their signed bytes are kept",
+    )
 
 
 class ProjectUpdate(_In):
@@ -117,6 +122,7 @@ class ProjectOut(BaseModel):
     name: str
     retention_days: int
     created_at: datetime
+    sandbox: bool
 
 
 class DomainCreate(_In):

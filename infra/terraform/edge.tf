@@ -44,6 +44,7 @@ resource "kubernetes_deployment_v1" "edge" {
             for_each = merge(local.common_env, {
               REMAILS_SMTP_SUBMISSION_LISTEN = "0.0.0.0:2587"
               REMAILS_SMTP_TLS_LISTEN        = "0.0.0.0:2465"
+              REMAILS_SMTP_MX_LISTEN         = "0.0.0.0:2525"
               REMAILS_PROXY_PROTOCOL         = tostring(local.proxy_protocol)
               REMAILS_PROXY_TRUSTED_NETWORKS = join(",", var.proxy_trusted_networks)
               REMAILS_TLS_CERT               = "/tls/tls.crt"
@@ -65,6 +66,10 @@ resource "kubernetes_deployment_v1" "edge" {
           port {
             name           = "smtps"
             container_port = 2465
+          }
+          port {
+            name           = "mx"
+            container_port = 2525
           }
           readiness_probe {
             tcp_socket { port = 2587 }
@@ -165,9 +170,9 @@ resource "kubernetes_service_v1" "smtp" {
     external_traffic_policy = "Local"
     selector                = { "app.kubernetes.io/name" = "remails-edge" }
     port {
-      name        = "smtp"
+      name        = "smtp" # the inbound MX: bounces, complaints, DMARC reports (docs/receiving.md)
       port        = var.smtp_ports.smtp
-      target_port = 2587
+      target_port = 2525
     }
     port {
       name        = "submission"

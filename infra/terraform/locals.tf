@@ -17,6 +17,10 @@ locals {
     REMAILS_OUTBOUND_IPS = join(",", var.outbound_ips)
     # Every role serves /metrics there; Prometheus scrapes the pods (observability.tf).
     REMAILS_METRICS_LISTEN = "0.0.0.0:${var.metrics_port}"
+    # Notifications are mailed from the operator's own project (docs/notifications.md);
+    # empty: they are only recorded.
+    REMAILS_SYSTEM_PROJECT_ID = var.system_project_id
+    REMAILS_SYSTEM_FROM       = var.system_from
   }
 
   # function → the event types it consumes (remails/events.py; checked by tests/infra).
@@ -27,10 +31,13 @@ locals {
     retry    = ["delivery.attempted", "tick"]
     webhooks = [
       "message.delivered", "message.deferred", "message.bounced", "message.failed",
-      "message.held", "message.rejected", "tick",
+      "message.held", "message.rejected", "message.complained", "tick",
     ]
     ip_manager = ["tick"]
     ticker     = ["dev.knative.sources.ping"]
+    notify     = ["tick"]
+    dns_check  = ["tick"]
+    inbound    = ["inbound.received", "tick"]
   }
   trigger_list = flatten([
     for function, types in local.triggers : [
@@ -48,6 +55,9 @@ locals {
     ip_manager  = { source = "main.py", min_scale = 0 }
     ticker      = { source = "main.py", min_scale = 0 }
     dead_letter = { source = "main.py", min_scale = 0 }
+    notify      = { source = "main.py", min_scale = 0 }
+    dns_check   = { source = "main.py", min_scale = 0 }
+    inbound     = { source = "main.py", min_scale = 0 }
     send        = { source = "send_function.py", min_scale = 0 }
   }
   # The Broker's ingress as each class documents it: K_SINK until the Broker reports its address.
@@ -259,7 +269,7 @@ locals {
   # UpCloud's load balancer is HTTP unless told otherwise: TCP frontends and backends named as
   # the Service's ports, the client address passed on with PROXY protocol v2.
   smtp_ports = {
-    smtp       = { port = var.smtp_ports.smtp, target = 2587 }
+    smtp       = { port = var.smtp_ports.smtp, target = 2525 } # the inbound MX
     submission = { port = var.smtp_ports.submission, target = 2587 }
     smtps      = { port = var.smtp_ports.smtps, target = 2465 }
   }

@@ -1,5 +1,5 @@
 output "smtp_endpoint" {
-  description = "Where applications submit mail (ports 25/587 with STARTTLS, 465 with TLS)."
+  description = "Where applications submit mail (port 587 with STARTTLS, 465 with TLS); port 25 is the inbound MX."
   value       = try(kubernetes_service_v1.smtp.status[0].load_balancer[0].ingress[0].ip, kubernetes_service_v1.smtp.status[0].load_balancer[0].ingress[0].hostname, null)
 }
 

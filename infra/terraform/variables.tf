@@ -26,6 +26,18 @@ variable "hostname" {
   type        = string
 }
 
+variable "system_project_id" {
+  description = "The operator's project that notifications are mailed from (REMAILS_SYSTEM_PROJECT_ID). Empty: notifications are only recorded."
+  type        = string
+  default     = ""
+}
+
+variable "system_from" {
+  description = "The sender of notification mail, on a verified domain of the system project (REMAILS_SYSTEM_FROM)."
+  type        = string
+  default     = ""
+}
+
 variable "submission_hostname" {
   description = "The name applications submit to (the SMTP load balancer's address); in the certificate beside var.hostname. Empty: var.hostname only."
   type        = string
@@ -60,7 +72,7 @@ variable "kafka_broker_config" {
 }
 
 variable "smtp_ports" {
-  description = "Load balancer ports: submission and relay with STARTTLS, and implicit TLS."
+  description = "Load balancer ports: the inbound MX (smtp), submission with STARTTLS, and implicit TLS."
   type        = object({ smtp = number, submission = number, smtps = number })
   default     = { smtp = 25, submission = 587, smtps = 465 }
 }

@@ -29,7 +29,7 @@ from tests.support.sink import Sink, free_port, sink_server_tls
 from tests.support.wait import wait_until
 
 EGRESS_IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-_LISTENERS = ("smtp_submission_listen", "smtp_tls_listen", "http_listen")
+_LISTENERS = ("smtp_submission_listen", "smtp_tls_listen", "smtp_mx_listen", "http_listen")
 
 
 @dataclass
@@ -190,6 +190,7 @@ async def world(dsn: str, local_dns: LocalDns, ca: trustme.CA, tmp_path: Path) -
         "hostname": "mx.remails.test",
         "smtp_submission_listen": "127.0.0.1:0",
         "smtp_tls_listen": "127.0.0.1:0",
+        "smtp_mx_listen": "127.0.0.1:0",
         "http_listen": "127.0.0.1:0",
         "tls_cert": cert,
         "tls_key": key,

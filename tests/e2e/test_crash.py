@@ -43,6 +43,7 @@ async def test_killed_mid_delivery_then_restarted_delivers_exactly_once(world: W
         "REMAILS_NODE_NAME": "node-1",
         "REMAILS_SMTP_SUBMISSION_LISTEN": f"127.0.0.1:{submission}",
         "REMAILS_SMTP_TLS_LISTEN": f"127.0.0.1:{implicit}",
+        "REMAILS_SMTP_MX_LISTEN": f"127.0.0.1:{free_port('127.0.0.1')}",
         "REMAILS_HTTP_LISTEN": f"127.0.0.1:{free_port('127.0.0.1')}",
         "REMAILS_TLS_CERT": str(settings.tls_cert),
         "REMAILS_TLS_KEY": str(settings.tls_key),

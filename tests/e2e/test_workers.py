@@ -38,6 +38,7 @@ async def test_two_workers_share_the_port_and_deliver_everything(world: World, t
         "REMAILS_HOSTNAME": "mx.remails.test",
         "REMAILS_SMTP_SUBMISSION_LISTEN": f"127.0.0.1:{submission}",
         "REMAILS_SMTP_TLS_LISTEN": f"127.0.0.1:{free_port('127.0.0.1')}",
+        "REMAILS_SMTP_MX_LISTEN": f"127.0.0.1:{free_port('127.0.0.1')}",
         "REMAILS_HTTP_LISTEN": f"127.0.0.1:{api}",
         "REMAILS_TLS_CERT": str(settings.tls_cert),
         "REMAILS_TLS_KEY": str(settings.tls_key),

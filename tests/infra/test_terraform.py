@@ -130,7 +130,7 @@ def test_the_edge_and_sender_are_shaped_as_the_design_says() -> None:
         "smtp"
     ]["spec"][0]
     assert service["type"] == "LoadBalancer" and service["external_traffic_policy"] == "Local"
-    assert sorted(p["target_port"] for p in service["port"]) == [2465, 2587, 2587]
+    assert sorted(p["target_port"] for p in service["port"]) == [2465, 2525, 2587]
     assert "REMAILS_PROXY_PROTOCOL" in (INFRA / "terraform" / "edge.tf").read_text()
     assert "contains(range(2, 101), var.edge_replicas)" in variables
     pod = sender["resource"][0]["kubernetes_daemon_set_v1"]["sender"]["spec"][0]["template"][0]["spec"][0]

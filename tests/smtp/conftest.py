@@ -96,6 +96,7 @@ async def edge_factory(
             "hostname": HOSTNAME,
             "smtp_submission_listen": "127.0.0.1:0",
             "smtp_tls_listen": "127.0.0.1:0",
+            "smtp_mx_listen": "127.0.0.1:0",
             "tls_cert": cert,
             "tls_key": key,
             **overrides,
