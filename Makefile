@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean debian-tools lock
+.PHONY: run test lint format bench clean debian-tools lock mutate
 
 # The exact versions (and hashes) of requirements-dev.lock; `make lock` refreshes both lock files.
 $(STAMP): pyproject.toml requirements-dev.lock
@@ -27,22 +27,38 @@ $(CHECKOV):
 	.venv-checkov/bin/python -m pip install --quiet --upgrade pip
 	.venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
 
-# Debian tools the tests drive as real peers (swaks) and load generators (postfix's smtp-source).
+# Schemas the Terraform is checked against offline (tests/infra/schemas.py): the Knative and
+# cert-manager CRDs as cloudcoil generated them (read as source, never imported, hence the
+# foreign Python version) and the kubernetes provider's schema inside its cdktf bindings.
+INFRA_SCHEMAS := .infra-schemas/.installed
+$(INFRA_SCHEMAS):
+	$(BIN)/python -m pip install --quiet --no-deps --only-binary=:all: --python-version 3.14 \
+		--target .infra-schemas/python 'cloudcoil-models-knative-serving==1.23.0.1' \
+		'cloudcoil-models-knative-eventing==1.23.0.1' 'cloudcoil-models-cert-manager==1.21.1.1'
+	npm install --silent --no-audit --no-fund --no-save --prefix .infra-schemas/npm \
+		'@cdktf/provider-kubernetes@12.1.1'
+	touch $@
+
+# Debian tools the tests drive as real peers (swaks) and load generators (postfix's smtp-source),
+# kubectl, whose --help tests/infra/test_deploy_doc.py checks docs/deploy.md against, and
+# promtool (Debian's prometheus; its server is stopped), which checks infra/observability's rules.
 debian-tools:
-	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null \
+	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v kubectl >/dev/null \
+		|| ! command -v chromium >/dev/null || ! command -v promtool >/dev/null \
 		|| ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null; then \
 		echo "installing swaks and postfix tools"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl \
-			libauthen-sasl-perl postfix >/dev/null; \
+			libauthen-sasl-perl postfix kubectl chromium prometheus >/dev/null; \
 		$$SUDO postfix stop >/dev/null 2>&1 || true; \
+		$$SUDO service prometheus stop >/dev/null 2>&1 || true; \
 	fi
 
 run: $(STAMP)
 	$(BIN)/remails up
 
-test: $(STAMP) $(CHECKOV) debian-tools
+test: $(STAMP) $(CHECKOV) $(INFRA_SCHEMAS) debian-tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -51,9 +67,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Mutation testing of the pure decision modules (slow; not part of `make test`).
+mutate: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results --all true | grep -v ': killed$$' || true
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .venv-checkov .remails .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .infra-schemas .remails .pytest_cache .mypy_cache .ruff_cache

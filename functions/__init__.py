@@ -12,7 +12,18 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from functions import cluster, ip_manager, quota, retry, route, validate, webhooks
+from functions import (
+    cluster,
+    dns_check,
+    inbound,
+    ip_manager,
+    notify,
+    quota,
+    retry,
+    route,
+    validate,
+    webhooks,
+)
 from remails.bus.filters import Filter
 from remails.context import Context
 
@@ -36,6 +47,10 @@ HANDLERS: list[Subscription] = [
     Subscription("retry", retry.TICK_FILTERS, retry.handle_tick),
     Subscription("webhooks", webhooks.OUTCOME_FILTERS, webhooks.handle_outcome),
     Subscription("webhooks", webhooks.TICK_FILTERS, webhooks.handle_tick),
+    Subscription("notify", notify.TICK_FILTERS, notify.handle_tick),
+    Subscription("dns_check", dns_check.TICK_FILTERS, dns_check.handle_tick),
+    Subscription("inbound", inbound.FILTERS, inbound.handle),
+    Subscription("inbound", inbound.TICK_FILTERS, inbound.handle_tick),
 ]
 
 # Functions that only make sense on Kubernetes (the in-process bus needs no Triggers).

@@ -15,6 +15,8 @@ from cloudevents.http import CloudEvent
 from remails import metrics
 from remails.context import Context
 from remails.db import pipeline, retention, sweep
+from remails.dkim_rotation import sweep_rotations
+from remails.dns import make_resolver
 from remails.events import (
     DeliveryAttempted,
     EventType,
@@ -149,9 +151,27 @@ async def handle_tick(ctx: Context, event: CloudEvent) -> CloudEvent | None:
         follow_up = _event_for(item)
         if follow_up is not None:
             await ctx.publisher.publish(follow_up)
-    purged = await sweep.purge_bodies(ctx.pipeline, SWEEP_LIMIT)
+    await _rotate_dkim_keys(ctx)
     kept = retention.Retention(ctx.settings.metadata_retention_days, ctx.settings.audit_retention_days)
-    removed = await retention.purge_expired(ctx.pipeline, kept, SWEEP_LIMIT)
-    if swept or purged or removed:
-        log_event(logger, "sweep", moved=len(swept), bodies_purged=purged, **vars(removed))
+    purged = await retention.purge_expired(ctx.pipeline, kept, SWEEP_LIMIT)
+    if swept or purged:
+        log_event(logger, "sweep", moved=len(swept), **{f"{k}_purged": n for k, n in vars(purged).items()})
     return None
+
+
+async def _rotate_dkim_keys(ctx: Context) -> None:
+    """DKIM rotations move on with the sweep; a failure here must not stop the rest of it."""
+    settings = ctx.settings
+    try:
+        done = await sweep_rotations(
+            ctx.pool,
+            ctx.master_key,
+            make_resolver(settings),
+            rotation_days=settings.dkim_rotation_days,
+            grace_days=settings.dkim_rotation_grace_days,
+        )
+    except Exception as exc:
+        log_event(logger, "dkim rotation sweep failed", logging.WARNING, error=type(exc).__name__)
+        return
+    if done.started or done.promoted or done.retired:
+        log_event(logger, "dkim rotation", **vars(done))

@@ -13,6 +13,7 @@ except for `up`, `migrate`, `serve` and `restore`.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -27,10 +28,11 @@ from remails import cli_commands, webhook_endpoints
 from remails.cli_output import render
 from remails.config import ConfigError, Settings, load_settings
 from remails.crypto import load_master_key
-from remails.db import Database, audit, connect, credentials, domains, egress, messages, orgs
+from remails.db import Database, audit, connect, credentials, dkim_keys, domains, egress, messages, orgs
 from remails.db import suppressions as suppressions_db
 from remails.db import webhook_endpoints as webhook_endpoints_db
 from remails.db.migrate import migrate
+from remails.dkim_rotation import rotate
 from remails.dns import DnsFailure, make_resolver
 from remails.errors import RemailsError, UnsafeTarget
 from remails.message_view import HEARTBEATS_TO_BE_LIVE, explain, with_suppressions
@@ -212,7 +214,9 @@ async def cmd_project_create(args: argparse.Namespace, settings: Settings) -> di
             raise CliError(f"no organization {args.org_id}")
         if any(p.name == args.name for p in await orgs.list_projects(db.pool, args.org_id)):
             raise CliError(f"name: organization {args.org_id} already has a project named {args.name!r}")
-        project = await orgs.create_project(db.pool, args.org_id, args.name, args.retention_days)
+        project = await orgs.create_project(
+            db.pool, args.org_id, args.name, args.retention_days, sandbox=args.sandbox
+        )
         return vars(project)
 
     return await _with_db(settings, work)
@@ -269,6 +273,30 @@ async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dic
     return await _with_db(settings, work)
 
 
+async def cmd_domain_rotate_key(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async def work(db: Database) -> dict[str, Any]:
+        domain = await domains.get_domain_by_name(db.pool, args.domain, args.org)
+        if domain is None:
+            raise CliError(f"no single claim on {args.domain!r}; name the organization with --org")
+        master_key = load_master_key(settings.secret_key, settings.data_dir)
+        started = await rotate(db.pool, master_key, domain, ed25519=args.ed25519)
+        view = domain_view(
+            domain,
+            settings.outbound_ips,
+            hostname=settings.hostname,
+            reports_domain=settings.effective_reports_domain,
+            other_keys=await dkim_keys.keys_of_domain(db.pool, domain.id),
+        )
+        view["hint"] = (
+            "publish the record of "
+            + ", ".join(f"{k.selector}._domainkey.{domain.name}" for k in started)
+            + "; it signs once DNS holds it, and the old key stays listed for its grace period"
+        )
+        return view
+
+    return await _with_db(settings, work)
+
+
 async def cmd_smtp_credential_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
         if await orgs.get_project(db.pool, args.project_id) is None:
@@ -308,8 +336,25 @@ async def cmd_ip_pool_create(args: argparse.Namespace, settings: Settings) -> di
     return await _with_db(settings, work)
 
 
+async def _message_raw(args: argparse.Namespace, db: Database) -> dict[str, Any]:
+    """The stored bytes, written as they are (a delivered sandbox message: signed)."""
+    found = await messages.get_message_raw(db.pool, args.message_id)
+    if found is None:
+        raise CliError(f"no message {args.message_id}")
+    if not found.raw:
+        raise CliError(f"the bytes of message {args.message_id} are gone (removed after retention)")
+    form = "signed" if found.signed else "received"
+    if args.json:
+        return {"id": args.message_id, "form": form, "raw_base64": base64.b64encode(found.raw).decode()}
+    sys.stdout.buffer.write(found.raw)
+    sys.stdout.buffer.flush()
+    return {}
+
+
 async def cmd_message_show(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
+        if args.raw:
+            return await _message_raw(args, db)
         detail = await messages.get_message_detail(db.pool, args.message_id)
         if detail is None:
             raise CliError(f"no message {args.message_id}")
@@ -495,6 +540,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("org_id", type=_uuid)
     p.add_argument("name", type=cli_commands.name_argument)
     p.add_argument("--retention-days", type=cli_commands.count_argument(1, 3650), default=None)
+    p.add_argument(
+        "--sandbox", action="store_true", help="sign and record messages delivered, never send them"
+    )
 
     domain = sub.add_parser("domain", help="sending domains").add_subparsers(dest="action", required=True)
     p = add(domain, "add", cmd_domain_add, "add a domain; prints the DNS records to publish")
@@ -503,6 +551,10 @@ def _parser() -> argparse.ArgumentParser:
     p = add(domain, "verify", cmd_domain_verify, "check the domain's DNS records")
     p.add_argument("domain")
     p.add_argument("--force", action="store_true", help="mark verified by operator decision")
+    p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
+    p = add(domain, "rotate-key", cmd_domain_rotate_key, "start a DKIM key rotation (a new selector)")
+    p.add_argument("domain")
+    p.add_argument("--ed25519", action="store_true", help="also an Ed25519 key signing beside RSA")
     p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
 
     cred = sub.add_parser("smtp-credential", help="SMTP credentials").add_subparsers(
@@ -549,6 +601,7 @@ def _parser() -> argparse.ArgumentParser:
     message = sub.add_parser("message", help="messages").add_subparsers(dest="action", required=True)
     p = add(message, "show", cmd_message_show, "a message's status, recipients and attempts")
     p.add_argument("message_id", type=_uuid)
+    p.add_argument("--raw", action="store_true", help="print its bytes (a sandbox message's: as signed)")
     cli_commands.register(sub, add)  # the list commands, suppressions, status
     return parser
 

@@ -20,7 +20,18 @@ from uuid import UUID
 import httpx
 
 from remails.config import Settings
-from remails.db import Database, audit, connect, credentials, domains, inbound, messages, orgs, suppressions
+from remails.db import (
+    Database,
+    audit,
+    connect,
+    credentials,
+    dkim_keys,
+    domains,
+    inbound,
+    messages,
+    orgs,
+    suppressions,
+)
 from remails.db.operations import read_figures
 from remails.dmarc import summarise
 from remails.errors import NotFound
@@ -195,6 +206,7 @@ async def cmd_domain_records(args: argparse.Namespace, settings: Settings) -> di
             settings.outbound_ips,
             hostname=settings.hostname,
             reports_domain=settings.effective_reports_domain,
+            other_keys=await dkim_keys.keys_of_domain(db.pool, domain.id),
         )
 
     return await _with_db(settings, work)

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     smtp_max_connections: int = Field(default=1000, ge=1)
     smtp_max_connections_per_ip: int = Field(default=50, ge=1)
     smtp_junk_command_limit: int = Field(default=100, ge=1)
+    smtp_session_timeout_seconds: float = Field(default=300.0, gt=0)
+    smtp_proxy_timeout_seconds: float = Field(default=5.0, gt=0)
     smtp_store_budget_bytes: int = Field(default=64 * MiB, ge=1)
     tls_reload_seconds: float = Field(default=30.0, gt=0)
 
@@ -159,6 +161,11 @@ class Settings(BaseSettings):
     stuck_after_seconds: float = Field(default=120.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     require_verified_tls: bool = False
+    dkim_rotation_days: float | None = Field(default=None, gt=0)  # off unless set
+    dkim_rotation_grace_days: float = Field(default=7.0, ge=0)
+    tls_ca_file: Path | None = None  # PEM bundle trusted beside the system CAs for outbound TLS
+    mta_sts: bool = True  # honour the destinations' MTA-STS policies (RFC 8461)
+    mta_sts_port: int = Field(default=443, ge=1, le=65535)  # for tests and private deployments
     smtp_client_timeout_seconds: float = Field(default=60.0, gt=0)
     upcloud_credentials_dir: Path | None = None
     upcloud_api_url: str = "https://api.upcloud.com/1.3"
@@ -222,6 +229,21 @@ class Settings(BaseSettings):
     @classmethod
     def _schedule(cls, value: Any) -> Any:
         return parse_schedule(value) if isinstance(value, str) else value
+
+    @field_validator("reports_domain")
+    @classmethod
+    def _reports_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip().rstrip(".").lower()
+        if "." not in name or any(c in name for c in " @/:"):
+            raise ValueError(f"expected a domain name like reports.example.com, got {value!r}")
+        return name
+
+    @field_validator("system_project_id", "system_from", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # Terraform sets both, empty when unused
 
     @field_validator("system_from")
     @classmethod

@@ -20,10 +20,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from remails.context import Context
 from remails.db.credentials import authenticate_api_key
+from remails.db.orgs import get_organization
 from remails.errors import AuthRequired, Forbidden, NotFound, RateLimited
 from remails.rate_limit import TokenBuckets
 
-__all__ = ["OPERATOR_ONLY", "Caller", "Ctx", "Principal", "authenticate", "get_ctx", "principal_for"]
+__all__ = [
+    "OPERATOR_ONLY",
+    "Caller",
+    "Ctx",
+    "OrganizationFrozen",
+    "Principal",
+    "authenticate",
+    "get_ctx",
+    "principal_for",
+    "refuse_if_frozen",
+]
 
 _RANK = {"read_only": 0, "maintainer": 1, "admin": 2}
 _bearer = HTTPBearer(auto_error=False, description="an API key token, or the operator's admin token")
@@ -45,6 +56,7 @@ class Principal:
     organization_id: UUID | None  # None: the operator's super-admin
     role: str
     project_id: UUID | None  # a key limited to one project
+    client_ip: str | None = None  # where the request came from (for the audit log)
 
     @property
     def super_admin(self) -> bool:
@@ -117,7 +129,7 @@ async def principal_for(
         raise AuthRequired("invalid token")
     if failures is not None and attempt is not None:
         failures.refund(attempt)
-    principal = Principal(key.id, key.organization_id, key.role, key.project_id)
+    principal = Principal(key.id, key.organization_id, key.role, key.project_id, client)
     if not principal.super_admin:
         wait = buckets.take(str(principal.organization_id), time.monotonic())
         if wait:
@@ -137,7 +149,27 @@ async def authenticate(
         )
         request.app.state.auth_failures = failures
     client = request.client.host if request.client else None
-    return await principal_for(ctx, request.app.state.rate_limits, header, client=client, failures=failures)
+    principal = await principal_for(
+        ctx, request.app.state.rate_limits, header, client=client, failures=failures
+    )
+    if request.method not in _READS and principal.organization_id is not None:
+        await refuse_if_frozen(ctx, principal.organization_id)
+    return principal
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class OrganizationFrozen(Forbidden):
+    """A `full` block: the organization may read, not change anything (nor send)."""
+
+    error_code = "organization_blocked"
+
+
+async def refuse_if_frozen(ctx: Context, organization_id: UUID) -> None:
+    org = await get_organization(ctx.pool, organization_id)
+    if org is not None and org.block_status == "full_freeze":
+        raise OrganizationFrozen("this organization is blocked: nothing can be changed, only read")
 
 
 Ctx = Annotated[Context, Depends(get_ctx)]

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
+from functions.api.audit_log import actor_of, changing
 from functions.api.auth import Caller, Ctx
 from functions.api.models import (
     ApiKeyCreate,
@@ -17,7 +18,7 @@ from functions.api.models import (
     SmtpCredentialOut,
 )
 from functions.api.organizations import organization_of, project_of
-from remails.db import credentials
+from remails.db import audit, credentials
 from remails.errors import NotFound
 
 router = APIRouter(tags=["credentials"])
@@ -29,8 +30,18 @@ router = APIRouter(tags=["credentials"])
 async def create_smtp_credential(
     project_id: UUID, body: SmtpCredentialCreate, ctx: Ctx, caller: Caller
 ) -> SmtpCredentialCreated:
-    await project_of(ctx, caller, project_id, "admin")
-    credential, password = await credentials.create_smtp_credential(ctx.pool, project_id, body.description)
+    project = await project_of(ctx, caller, project_id, "admin")
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        credential, password = await credentials.create_smtp_credential(conn, project_id, body.description)
+        details = {"project_id": project_id, "username": credential.username}
+        await audit.record(
+            conn,
+            actor_of(caller),
+            "smtp_credential.create",
+            organization_id=project.organization_id,
+            target=credential.id,
+            details=details,
+        )
     return SmtpCredentialCreated(**asdict(credential), password=password)
 
 
@@ -49,7 +60,8 @@ async def delete_smtp_credential(credential_id: UUID, ctx: Ctx, caller: Caller) 
         raise NotFound("no such SMTP credential")
     credential, org_id = found
     caller.require(org_id, "admin", credential.project_id)
-    await credentials.delete_smtp_credential(ctx.pool, credential_id)
+    async with changing(ctx, caller, "smtp_credential.delete", org_id, credential_id) as conn:
+        await credentials.delete_smtp_credential(conn, credential_id)
     return Response(status_code=204)
 
 
@@ -63,9 +75,14 @@ async def create_api_key(org_id: UUID, body: ApiKeyCreate, ctx: Ctx, caller: Cal
         project = await project_of(ctx, caller, body.project_id, "admin")
         if project.organization_id != org_id:
             raise NotFound("no such project", field="project_id")
-    key, token = await credentials.create_api_key(
-        ctx.pool, org_id, body.role, body.project_id, body.description
-    )
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        key, token = await credentials.create_api_key(
+            conn, org_id, body.role, body.project_id, body.description
+        )
+        details = {"role": body.role, "project_id": body.project_id}
+        await audit.record(
+            conn, actor_of(caller), "api_key.create", organization_id=org_id, target=key.id, details=details
+        )
     return ApiKeyCreated(**asdict(key), token=token)
 
 
@@ -81,5 +98,6 @@ async def delete_api_key(key_id: UUID, ctx: Ctx, caller: Caller) -> Response:
     if key is None or key.organization_id is None:
         raise NotFound("no such API key")
     caller.require(key.organization_id, "admin", key.project_id)
-    await credentials.delete_api_key(ctx.pool, key_id)
+    async with changing(ctx, caller, "api_key.delete", key.organization_id, key_id) as conn:
+        await credentials.delete_api_key(conn, key_id)
     return Response(status_code=204)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
+from functions.api.audit_log import changing
 from functions.api.auth import OPERATOR_ONLY, Caller, Ctx
 from functions.api.models import IpPoolCreate, IpPoolOut
 from remails.db import egress
@@ -23,9 +24,10 @@ async def create_ip_pool(body: IpPoolCreate, ctx: Ctx, caller: Caller) -> IpPool
             ipaddress.ip_address(ip)
         except ValueError:
             raise InvalidInput(f"{ip!r} is not an IP address", field=f"ips.{i}") from None
-    return IpPoolOut(
-        **asdict(await egress.create_ip_pool(ctx.pool, body.name, list(dict.fromkeys(body.ips))))
-    )
+    ips = list(dict.fromkeys(body.ips))
+    async with changing(ctx, caller, "ip_pool.create", None, body.name, {"ips": ips}) as conn:
+        created = await egress.create_ip_pool(conn, body.name, ips)
+    return IpPoolOut(**asdict(created))
 
 
 @router.get("/v1/ip-pools", response_model=list[IpPoolOut], openapi_extra=OPERATOR_ONLY)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
+from functions.api.audit_log import actor_of, changing
 from functions.api.auth import OPERATOR_ONLY, Caller, Ctx, Principal
 from functions.api.models import (
     IpPoolAssign,
@@ -19,10 +20,11 @@ from functions.api.models import (
     ProjectCreate,
     ProjectOut,
     ProjectUpdate,
+    QuotaOut,
     StatisticsOut,
 )
 from remails.context import Context
-from remails.db import egress, messages, orgs
+from remails.db import audit, egress, messages, orgs
 from remails.errors import NotFound
 from remails.events import EventType, MessageEvent, make_event
 from remails.log import log_event
@@ -58,19 +60,29 @@ async def organization_of(
 )
 async def create_organization(body: OrganizationCreate, ctx: Ctx, caller: Caller) -> OrganizationOut:
     caller.require_super_admin()
-    org = await orgs.create_organization(ctx.pool, body.name, body.monthly_quota)
-    return OrganizationOut(**asdict(org))
+    quota = body.monthly_quota if body.monthly_quota is not None else ctx.settings.default_monthly_quota
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        org = await orgs.create_organization(conn, body.name, quota)
+        await audit.record(
+            conn,
+            actor_of(caller),
+            "organization.create",
+            organization_id=org.id,
+            target=org.id,
+            details={"name": org.name, "monthly_quota": org.monthly_quota},
+        )
+    return organization_out(org)
 
 
 @router.get("/v1/organizations", response_model=list[OrganizationOut])
 async def list_organizations(ctx: Ctx, caller: Caller) -> list[OrganizationOut]:
     found = await orgs.list_organizations(ctx.pool, caller.organization_id)
-    return [OrganizationOut(**asdict(o)) for o in found if caller.sees(o.id)]
+    return [organization_out(o) for o in found if caller.sees(o.id)]
 
 
 @router.get("/v1/organizations/{org_id}", response_model=OrganizationOut)
 async def get_organization(org_id: UUID, ctx: Ctx, caller: Caller) -> OrganizationOut:
-    return OrganizationOut(**asdict(await organization_of(ctx, caller, org_id)))
+    return organization_out(await organization_of(ctx, caller, org_id))
 
 
 @router.patch("/v1/organizations/{org_id}", response_model=OrganizationOut)
@@ -78,16 +90,44 @@ async def update_organization(
     org_id: UUID, body: OrganizationUpdate, ctx: Ctx, caller: Caller
 ) -> OrganizationOut:
     await organization_of(ctx, caller, org_id, "admin")
-    if body.monthly_quota is not None or body.block_status is not None:
+    if body.monthly_quota is not None or body.block_status is not None or body.block_reason is not None:
         caller.require_super_admin()
-    org = await orgs.update_organization(
-        ctx.pool, org_id, name=body.name, monthly_quota=body.monthly_quota, block_status=body.block_status
-    )
-    if org is None:
-        raise NotFound("no such organization")
+    email = body.notification_email
+    if "notification_email" in body.model_fields_set and email is None:
+        email = ""  # an explicit null clears it
+    changed = body.model_dump(exclude_unset=True)
+    action = "organization.update"
+    if body.block_status is not None:
+        action = "organization.unblock" if body.block_status == "not_blocked" else "organization.block"
+    async with changing(ctx, caller, action, org_id, org_id, changed) as conn:
+        org = await orgs.update_organization(
+            conn,
+            org_id,
+            name=body.name,
+            monthly_quota=body.monthly_quota,
+            block_status=body.block_status,
+            notification_email=email,
+        )
+        if org is None:
+            raise NotFound("no such organization")
+        if body.block_status is not None:  # the reason goes with the block (and with it)
+            await orgs.set_block_status(conn, org_id, body.block_status, body.block_reason)
+            org = replace(org, block_reason=None if body.block_status == "not_blocked" else body.block_reason)
     if body.block_status == "not_blocked":
         await _resume_released(ctx, org_id)
-    return OrganizationOut(**asdict(org))
+    return organization_out(org)
+
+
+def organization_out(org: orgs.Organization) -> OrganizationOut:
+    """The organization with its quota as `{limit, used, resets_at}` (a period that started
+    before this month counts as unused: the reset is lazy)."""
+    now = datetime.now(UTC)
+    month = now.date().replace(day=1)
+    used = org.quota_used if org.quota_period_start >= month else 0
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    resets_at = datetime(next_month.year, next_month.month, 1, tzinfo=UTC)
+    quota = QuotaOut(limit=org.monthly_quota, used=used, resets_at=resets_at)
+    return OrganizationOut(**asdict(org), quota=quota)
 
 
 _RESUME_EVENTS = {
@@ -119,8 +159,10 @@ async def assign_ip_pool(org_id: UUID, body: IpPoolAssign, ctx: Ctx, caller: Cal
     await organization_of(ctx, caller, org_id)
     if body.ip_pool_id is not None and await egress.get_ip_pool(ctx.pool, body.ip_pool_id) is None:
         raise NotFound("no such IP pool", field="ip_pool_id")
-    await orgs.set_ip_pool(ctx.pool, org_id, body.ip_pool_id)
-    return OrganizationOut(**asdict(await organization_of(ctx, caller, org_id)))
+    details = {"ip_pool_id": body.ip_pool_id}
+    async with changing(ctx, caller, "organization.ip_pool", org_id, org_id, details) as conn:
+        await orgs.set_ip_pool(conn, org_id, body.ip_pool_id)
+    return organization_out(await organization_of(ctx, caller, org_id))
 
 
 @router.get("/v1/organizations/{org_id}/statistics", response_model=StatisticsOut)
@@ -138,7 +180,18 @@ async def statistics(
 )
 async def create_project(org_id: UUID, body: ProjectCreate, ctx: Ctx, caller: Caller) -> ProjectOut:
     await organization_of(ctx, caller, org_id, "admin")
-    project = await orgs.create_project(ctx.pool, org_id, body.name, body.retention_days)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        project = await orgs.create_project(
+            conn, org_id, body.name, body.retention_days, sandbox=body.sandbox
+        )
+        await audit.record(
+            conn,
+            actor_of(caller),
+            "project.create",
+            organization_id=org_id,
+            target=project.id,
+            details={"name": project.name, "sandbox": project.sandbox},
+        )
     return ProjectOut(**asdict(project))
 
 
@@ -156,17 +209,20 @@ async def get_project(project_id: UUID, ctx: Ctx, caller: Caller) -> ProjectOut:
 
 @router.patch("/v1/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
 async def update_project(project_id: UUID, body: ProjectUpdate, ctx: Ctx, caller: Caller) -> ProjectOut:
-    await project_of(ctx, caller, project_id, "admin")
-    project = await orgs.update_project(
-        ctx.pool, project_id, name=body.name, retention_days=body.retention_days
-    )
-    if project is None:
-        raise NotFound("no such project")
+    before = await project_of(ctx, caller, project_id, "admin")
+    changed = body.model_dump(exclude_unset=True)
+    async with changing(ctx, caller, "project.update", before.organization_id, project_id, changed) as conn:
+        project = await orgs.update_project(
+            conn, project_id, name=body.name, retention_days=body.retention_days
+        )
+        if project is None:
+            raise NotFound("no such project")
     return ProjectOut(**asdict(project))
 
 
 @router.delete("/v1/projects/{project_id}", status_code=204, response_class=Response, tags=["projects"])
 async def delete_project(project_id: UUID, ctx: Ctx, caller: Caller) -> Response:
-    await project_of(ctx, caller, project_id, "admin")
-    await orgs.delete_project(ctx.pool, project_id)
+    project = await project_of(ctx, caller, project_id, "admin")
+    async with changing(ctx, caller, "project.delete", project.organization_id, project_id) as conn:
+        await orgs.delete_project(conn, project_id)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
+from functions.api.audit_log import changing
 from functions.api.auth import Caller, Ctx
 from functions.api.models import SuppressionCreate, SuppressionOut, SuppressionPage
 from functions.api.organizations import organization_of
@@ -38,9 +39,10 @@ async def list_suppressions(
 @router.post("/v1/organizations/{org_id}/suppressions", status_code=201, response_model=SuppressionOut)
 async def add_suppression(org_id: UUID, body: SuppressionCreate, ctx: Ctx, caller: Caller) -> SuppressionOut:
     await organization_of(ctx, caller, org_id, "maintainer")
-    return SuppressionOut(
-        **asdict(await suppressions.add_suppression(ctx.pool, org_id, body.address, body.reason))
-    )
+    details = {"address": body.address.lower(), "reason": body.reason}
+    async with changing(ctx, caller, "suppression.create", org_id, body.address.lower(), details) as conn:
+        added = await suppressions.add_suppression(conn, org_id, body.address, body.reason)
+    return SuppressionOut(**asdict(added))
 
 
 @router.delete("/v1/organizations/{org_id}/suppressions/{address}", status_code=204, response_class=Response)
@@ -48,6 +50,7 @@ async def delete_suppression(
     org_id: UUID, address: Annotated[str, Path(max_length=320, pattern=NO_NUL)], ctx: Ctx, caller: Caller
 ) -> Response:
     await organization_of(ctx, caller, org_id, "maintainer")
-    if not await suppressions.delete_suppression(ctx.pool, org_id, address):
-        raise NotFound("the address is not suppressed")
+    async with changing(ctx, caller, "suppression.delete", org_id, address.lower()) as conn:
+        if not await suppressions.delete_suppression(conn, org_id, address):
+            raise NotFound("the address is not suppressed")
     return Response(status_code=204)

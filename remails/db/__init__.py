@@ -51,6 +51,10 @@ class Database:
         self._embedded = embedded
         self.pipeline_pool: Pool | None = None
 
+    @property
+    def embedded(self) -> EmbeddedPostgres | None:
+        return self._embedded
+
     async def open_pipeline_pool(self, max_size: int) -> Pool:
         # Opened up front: the first burst of mail should not wait for connections.
         self.pipeline_pool = await create_pool(

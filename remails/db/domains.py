@@ -14,7 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import Executor, required
+from remails.db.rows import Executor, required, transaction
 from remails.errors import Conflict, DomainTaken
 
 __all__ = [
@@ -38,6 +38,7 @@ class Domain:
     verified_at: datetime | None
     verification: dict[str, Any] | None
     created_at: datetime
+    status: str = "pending"  # pending | verified | invalid (records no longer match at a re-check)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class DkimSigningKey:
         return f"DkimSigningKey(domain={self.domain!r}, selector={self.selector!r})"
 
 
-_COLUMNS = "id, organization_id, name, dkim_selector, dkim_public_key, verified_at, verification, created_at"
+_COLUMNS = (
+    "id, organization_id, name, dkim_selector, dkim_public_key, verified_at, verification, created_at, status"
+)
 
 
 # add_domain: the claim, unless another organization has verified the name already.
@@ -63,7 +66,7 @@ RETURNING {_COLUMNS}
 
 
 async def add_domain(
-    pool: asyncpg.Pool,
+    pool: Executor,
     org_id: UUID,
     project_ids: list[UUID],
     name: str,
@@ -73,7 +76,7 @@ async def add_domain(
 ) -> Domain:
     """A new claim; DomainTaken when another organization has verified the name, Conflict when
     this organization already claims it."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(pool) as conn:
         try:
             row = await conn.fetchrow(_ADD, org_id, name, selector, private_sealed, public_key)
         except asyncpg.UniqueViolationError:
@@ -102,7 +105,7 @@ async def get_domain_by_name(pool: asyncpg.Pool, name: str, org_id: UUID | None 
 
 
 async def record_verification(
-    pool: asyncpg.Pool, domain_id: UUID, result: dict[str, Any], verified: bool
+    pool: Executor, domain_id: UUID, result: dict[str, Any], verified: bool
 ) -> Domain:
     """Store a check's result; `verified_at` is set when it passes and cleared when it fails.
     DomainTaken when it passes but another organization verified the name first."""
@@ -110,7 +113,8 @@ async def record_verification(
         row = required(
             await pool.fetchrow(
                 "UPDATE domains SET verification = $2, last_checked_at = now(),"
-                " verified_at = CASE WHEN $3 THEN COALESCE(verified_at, now()) ELSE NULL END"
+                " verified_at = CASE WHEN $3 THEN COALESCE(verified_at, now()) ELSE NULL END,"
+                " status = CASE WHEN $3 THEN 'verified' ELSE 'pending' END"
                 f" WHERE id = $1 RETURNING {_COLUMNS}",
                 domain_id,
                 result,
@@ -162,5 +166,5 @@ async def project_ids_of_domain(pool: asyncpg.Pool, domain_id: UUID) -> list[UUI
     return [r["project_id"] for r in rows]
 
 
-async def delete_domain(pool: asyncpg.Pool, domain_id: UUID) -> bool:
+async def delete_domain(pool: Executor, domain_id: UUID) -> bool:
     return await pool.execute("DELETE FROM domains WHERE id = $1", domain_id) == "DELETE 1"

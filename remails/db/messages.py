@@ -18,9 +18,11 @@ from remails.db.rows import Executor
 __all__ = [
     "MessageFilter",
     "NewMessage",
+    "RawMessage",
     "count_messages",
     "get_message_detail",
     "get_message_head",
+    "get_message_raw",
     "insert_message",
     "list_messages",
     "recent_problems",
@@ -273,6 +275,30 @@ async def get_message_head(pool: asyncpg.Pool, message_id: UUID, org_id: UUID, l
         limit,
     )
     return head
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    organization_id: UUID
+    project_id: UUID
+    raw: bytes  # empty once retention removed the bytes
+    signed: bool  # a delivered sandbox message: the DKIM-signed bytes; else as received
+
+
+async def get_message_raw(
+    pool: asyncpg.Pool, message_id: UUID, org_id: UUID | None = None
+) -> RawMessage | None:
+    """The stored bytes of a message (of `org_id`'s, when given)."""
+    row = await pool.fetchrow(
+        "SELECT m.organization_id, m.project_id, m.raw, (p.sandbox AND m.status = 'delivered') AS signed"
+        " FROM messages m JOIN projects p ON p.id = m.project_id"
+        " WHERE m.id = $1 AND ($2::uuid IS NULL OR m.organization_id = $2)",
+        message_id,
+        org_id,
+    )
+    if row is None:
+        return None
+    return RawMessage(row["organization_id"], row["project_id"], bytes(row["raw"]), bool(row["signed"]))
 
 
 async def recent_problems(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:

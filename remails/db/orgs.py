@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from remails.db.rows import required
+from remails.db.rows import Executor, required
 from remails.errors import Conflict
 
 __all__ = [
@@ -35,6 +35,8 @@ class Organization:
     block_status: str
     ip_pool_id: UUID | None
     created_at: datetime
+    notification_email: str | None = None
+    block_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,20 @@ class Project:
     name: str
     retention_days: int
     created_at: datetime
+    sandbox: bool = False  # signed and recorded delivered, never sent to an MX
 
 
-_ORG_COLUMNS = "id, name, monthly_quota, quota_used, quota_period_start, block_status, ip_pool_id, created_at"
-_PROJECT_COLUMNS = "id, organization_id, name, retention_days, created_at"
+_ORG_COLUMNS = (
+    "id, name, monthly_quota, quota_used, quota_period_start, block_status, ip_pool_id, created_at,"
+    " notification_email, block_reason"
+)
+_PROJECT_COLUMNS = "id, organization_id, name, retention_days, created_at, sandbox"
 
 
-async def create_organization(
-    pool: asyncpg.Pool, name: str, monthly_quota: int | None = None
-) -> Organization:
+async def create_organization(pool: Executor, name: str, monthly_quota: int | None = None) -> Organization:
     row = required(
         await pool.fetchrow(
-            f"INSERT INTO organizations (name, monthly_quota) VALUES ($1, COALESCE($2, 10000))"
+            f"INSERT INTO organizations (name, monthly_quota) VALUES ($1, COALESCE($2, 3000))"
             f" RETURNING {_ORG_COLUMNS}",
             name,
             monthly_quota,
@@ -69,7 +73,7 @@ async def get_organization(pool: asyncpg.Pool, org_id: UUID) -> Organization | N
     return Organization(**row) if row else None
 
 
-async def set_ip_pool(pool: asyncpg.Pool, org_id: UUID, ip_pool_id: UUID | None) -> bool:
+async def set_ip_pool(pool: Executor, org_id: UUID, ip_pool_id: UUID | None) -> bool:
     status = await pool.execute(
         "UPDATE organizations SET ip_pool_id = $2, updated_at = now() WHERE id = $1",
         org_id,
@@ -78,11 +82,16 @@ async def set_ip_pool(pool: asyncpg.Pool, org_id: UUID, ip_pool_id: UUID | None)
     return status == "UPDATE 1"
 
 
-async def set_block_status(pool: asyncpg.Pool, org_id: UUID, block_status: str) -> bool:
+async def set_block_status(
+    pool: Executor, org_id: UUID, block_status: str, reason: str | None = None
+) -> bool:
+    """Block (no_sending, full_freeze) with the operator's reason, or lift the block."""
     status = await pool.execute(
-        "UPDATE organizations SET block_status = $2, updated_at = now() WHERE id = $1",
+        "UPDATE organizations SET block_status = $2::block_status, updated_at = now(),"
+        " block_reason = CASE WHEN $2::block_status = 'not_blocked' THEN NULL ELSE $3 END WHERE id = $1",
         org_id,
         block_status,
+        reason,
     )
     return status == "UPDATE 1"
 
@@ -91,16 +100,17 @@ _NAME_TAKEN = "a project with this name exists in the organization"
 
 
 async def create_project(
-    pool: asyncpg.Pool, org_id: UUID, name: str, retention_days: int | None = None
+    pool: Executor, org_id: UUID, name: str, retention_days: int | None = None, *, sandbox: bool = False
 ) -> Project:
     """A new project; Conflict when the organization has one of that name."""
     try:
         row = await pool.fetchrow(
-            "INSERT INTO projects (organization_id, name, retention_days)"
-            f" VALUES ($1, $2, COALESCE($3, 30)) RETURNING {_PROJECT_COLUMNS}",
+            "INSERT INTO projects (organization_id, name, retention_days, sandbox)"
+            f" VALUES ($1, $2, COALESCE($3, 30), $4) RETURNING {_PROJECT_COLUMNS}",
             org_id,
             name,
             retention_days,
+            sandbox,
         )
     except asyncpg.UniqueViolationError:
         raise Conflict(_NAME_TAKEN, field="name") from None
@@ -159,21 +169,25 @@ async def list_organizations(pool: asyncpg.Pool, org_id: UUID | None = None) -> 
 
 
 async def update_organization(
-    pool: asyncpg.Pool,
+    pool: Executor,
     org_id: UUID,
     *,
     name: str | None = None,
     monthly_quota: int | None = None,
     block_status: str | None = None,
+    notification_email: str | None = None,
 ) -> Organization | None:
+    """None leaves a field as it is; notification_email "" clears it."""
     row = await pool.fetchrow(
         "UPDATE organizations SET name = COALESCE($2, name), monthly_quota = COALESCE($3, monthly_quota),"
-        " block_status = COALESCE($4::block_status, block_status), updated_at = now()"
-        f" WHERE id = $1 RETURNING {_ORG_COLUMNS}",
+        " block_status = COALESCE($4::block_status, block_status),"
+        " notification_email = CASE WHEN $5::text IS NULL THEN notification_email ELSE NULLIF($5, '') END,"
+        f" updated_at = now() WHERE id = $1 RETURNING {_ORG_COLUMNS}",
         org_id,
         name,
         monthly_quota,
         block_status,
+        notification_email,
     )
     return Organization(**row) if row else None
 
@@ -186,7 +200,7 @@ async def list_projects(pool: asyncpg.Pool, org_id: UUID) -> list[Project]:
 
 
 async def update_project(
-    pool: asyncpg.Pool, project_id: UUID, *, name: str | None, retention_days: int | None
+    pool: Executor, project_id: UUID, *, name: str | None, retention_days: int | None
 ) -> Project | None:
     try:
         row = await pool.fetchrow(
@@ -201,5 +215,5 @@ async def update_project(
     return Project(**row) if row else None
 
 
-async def delete_project(pool: asyncpg.Pool, project_id: UUID) -> bool:
+async def delete_project(pool: Executor, project_id: UUID) -> bool:
     return await pool.execute("DELETE FROM projects WHERE id = $1", project_id) == "DELETE 1"

@@ -310,6 +310,7 @@ class Claimed:
     mail_from: str
     raw: bytes
     recipients: list[tuple[str, str]]  # (address, domain) of the recipients still to deliver
+    sandbox: bool = False  # its project's messages are signed and recorded, never sent
 
 
 # claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt
@@ -329,7 +330,7 @@ WITH held AS (
        AND organization_may_send(organization_id)
     RETURNING id, organization_id, project_id, mail_from, raw
 )
-SELECT c.*,
+SELECT c.*, (SELECT p.sandbox FROM projects p WHERE p.id = c.project_id) AS sandbox,
        ARRAY(SELECT r.address FROM recipients r
               WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS addresses,
        ARRAY(SELECT r.domain FROM recipients r
@@ -347,7 +348,11 @@ async def claim_for_sending(
         return None
     key = MessageKey(row["id"], row["organization_id"], row["project_id"])
     return Claimed(
-        key, row["mail_from"], bytes(row["raw"]), list(zip(row["addresses"], row["domains"], strict=True))
+        key,
+        row["mail_from"],
+        bytes(row["raw"]),
+        list(zip(row["addresses"], row["domains"], strict=True)),
+        bool(row["sandbox"]),
     )
 
 
@@ -423,15 +428,17 @@ async def record_destination(
 
 
 # finish_sending: sending → attempted once every destination is recorded, for the lease holder.
+# `signed` (a sandbox message) replaces the stored bytes with exactly what would have gone out.
 _FINISH = """
-UPDATE messages SET status = 'attempted', lease_owner = NULL, lease_until = NULL, updated_at = now()
+UPDATE messages SET status = 'attempted', lease_owner = NULL, lease_until = NULL, updated_at = now(),
+       raw = COALESCE($3::bytea, raw), size = COALESCE(octet_length($3::bytea), size)
  WHERE id = $1 AND status = 'sending' AND lease_owner = $2
 RETURNING id
 """
 
 
-async def finish_sending(conn: Executor, message_id: UUID, node: str) -> bool:
-    return await conn.fetchval(_FINISH, message_id, node) is not None
+async def finish_sending(conn: Executor, message_id: UUID, node: str, signed: bytes | None = None) -> bool:
+    return await conn.fetchval(_FINISH, message_id, node, signed) is not None
 
 
 async def release_node_leases(conn: Executor, node: str) -> list[MessageKey]:

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
-__all__ = ["Swept", "due_deferred", "expire_overdue", "purge_bodies", "requeue_held", "restart_stuck"]
+__all__ = ["Swept", "due_deferred", "expire_overdue", "requeue_held", "restart_stuck"]
 
 
 @dataclass(frozen=True)
@@ -114,19 +114,3 @@ UPDATE messages SET status = COALESCE(resume_status, 'validated'), resume_status
 
 async def requeue_held(pool: asyncpg.Pool, limit: int) -> list[Swept]:
     return _rows(await pool.fetch(_HELD, limit))
-
-
-# purge_bodies: a finished message older than its project's retention loses its bytes; the
-# row (status, recipients, attempts) stays for statistics and the customer's log.
-_PURGE = """
-UPDATE messages SET raw = ''::bytea
- WHERE id IN (SELECT m.id FROM messages m JOIN projects p ON p.id = m.project_id
-               WHERE m.finished_at < now() - make_interval(days => p.retention_days)
-                 AND octet_length(m.raw) > 0
-               LIMIT $1 FOR UPDATE OF m SKIP LOCKED)
-"""
-
-
-async def purge_bodies(pool: asyncpg.Pool, limit: int) -> int:
-    status = await pool.execute(_PURGE, limit)
-    return int(status.split()[-1])

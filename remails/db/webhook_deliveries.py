@@ -173,7 +173,7 @@ WITH e0 AS (
     RETURNING x.id
 ), n AS (
     INSERT INTO notifications (organization_id, kind, message, subject_id)
-    SELECT p.organization_id, 'webhook_endpoint_disabled',
+    SELECT p.organization_id, 'webhook.disabled',
            'Webhook endpoint ' || e.url || ' was disabled: ' || e.disabled_reason, e.id
       FROM e JOIN projects p ON p.id = e.project_id
      WHERE e.disable

@@ -111,7 +111,7 @@ async def test_a_duplicate_transition_does_not_move_a_message_twice(pool: Pool, 
 
 
 async def test_bodies_past_the_projects_retention_are_purged(pool: Pool, settings: Settings) -> None:
-    from remails.db.sweep import purge_bodies
+    from remails.db.retention import purge_bodies
 
     tenant = await make_tenant(pool, settings)
     old = await store_message(pool, tenant, ["a@dest.test"])

@@ -159,6 +159,6 @@ async def test_an_endpoint_disabled_for_failing_drops_its_pending_deliveries(
         untouched: ("pending", False),
     }
     [notice] = await notifications.list_notifications(pool, tenant.org_id, 10)
-    assert notice["kind"] == "webhook_endpoint_disabled" and notice["subject_id"] == failing
+    assert notice["kind"] == "webhook.disabled" and notice["subject_id"] == failing
     assert await notifications.list_notifications(pool, bystander.org_id, 10) == []
     assert [d.id for d in await _claim(pool)] == [untouched]

@@ -1,0 +1,132 @@
+"""The audit log: who changed what, appended inside the transaction of the change itself.
+
+The table is append-only — the database refuses UPDATE, DELETE and TRUNCATE on it, except the
+retention purge (`remails.db.retention.purge_audit_log`). Details never hold a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from remails.db.rows import Executor
+
+__all__ = ["Actor", "AuditEntry", "AuditPage", "list_entries", "operator_cli", "record"]
+
+ActorKind = Literal["api_key", "user", "operator"]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: an organization's API key, a dashboard user, or the operator (its admin key
+    through the API, or the CLI with no id)."""
+
+    kind: ActorKind
+    id: str | None = None
+    client_ip: str | None = None
+
+
+def operator_cli() -> Actor:
+    return Actor("operator", "cli")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    organization_id: UUID | None
+    at: datetime
+    actor: dict[str, str | None]
+    client_ip: str | None
+    action: str
+    target: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+_RECORD = """
+INSERT INTO audit_log (organization_id, actor_kind, actor_id, client_ip, action, target, details)
+VALUES ($1, $2, $3, $4::inet, $5, $6, $7)
+"""
+
+
+async def record(
+    conn: Executor,
+    actor: Actor,
+    action: str,
+    *,
+    organization_id: UUID | None,
+    target: UUID | str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one entry; call it on the connection (and in the transaction) of the change."""
+    await conn.execute(
+        _RECORD,
+        organization_id,
+        actor.kind,
+        actor.id,
+        actor.client_ip,
+        action,
+        None if target is None else str(target),
+        json.loads(json.dumps(details or {}, default=str)),
+    )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+def _cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(str(entry_id).encode()).decode().rstrip("=")
+
+
+def parse_cursor(cursor: str) -> int:
+    """The id a cursor stands for; ValueError when it is not one of ours."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    return int(base64.urlsafe_b64decode(padded.encode()).decode())
+
+
+# list_entries: one organization's entries, newest first, after the cursor (an id: entries
+# are numbered in commit-ish order), optionally one action (or action prefix `domain.`) and
+# one actor.
+_LIST = """
+SELECT id, organization_id, at, actor_kind, actor_id, host(client_ip) AS client_ip, action, target, details
+  FROM audit_log
+ WHERE organization_id = $1 AND ($2::bigint IS NULL OR id < $2)
+   AND ($3::text IS NULL OR action = $3 OR (right($3, 1) = '.' AND starts_with(action, $3)))
+   AND ($4::text IS NULL OR actor_kind = $4) AND ($5::text IS NULL OR actor_id = $5)
+ ORDER BY id DESC LIMIT $6
+"""
+
+
+async def list_entries(
+    conn: Executor,
+    organization_id: UUID,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    action: str | None = None,
+    actor_kind: str | None = None,
+    actor_id: str | None = None,
+) -> AuditPage:
+    before = parse_cursor(cursor) if cursor else None
+    rows = await conn.fetch(_LIST, organization_id, before, action, actor_kind, actor_id, limit + 1)
+    entries = [
+        AuditEntry(
+            r["id"],
+            r["organization_id"],
+            r["at"],
+            {"kind": r["actor_kind"], "id": r["actor_id"]},
+            r["client_ip"],
+            r["action"],
+            r["target"],
+            r["details"],
+        )
+        for r in rows[:limit]
+    ]
+    next_cursor = _cursor(entries[-1].id) if len(rows) > limit else None
+    return AuditPage(entries, next_cursor)
