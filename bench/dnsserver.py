@@ -1,4 +1,4 @@
-"""An authoritative DNS server on 127.0.0.1 (UDP and TCP) serving a zone its caller edits (tests and benchmarks)."""
+"""An authoritative DNS server on 127.0.0.1 (UDP and TCP) serving a zone its caller edits."""
 
 from __future__ import annotations
 

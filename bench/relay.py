@@ -89,8 +89,8 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         waited = wait_for_sink(sink, args.messages, args.bound)
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = remails.cpu_seconds() - cpu_before
-        assert remails.process is not None
-        rss = sum(peak_rss_mb(p) for p in [remails.process.pid, *children(remails.process.pid)])
+        pid = remails.process.pid if remails.process is not None else None
+        rss = sum(peak_rss_mb(p) for p in [pid, *children(pid)]) if pid is not None else 0.0
         deadline = time.monotonic() + 30
         lat = latencies_ms(remails.dsn)
         while len(lat) < min(args.messages, sink.count()) and time.monotonic() < deadline:

@@ -51,4 +51,7 @@ async def function_context() -> Context:
             pipeline_pool = await create_pool(settings.database_url, max_size=5, durable=False)
             master_key = load_master_key(settings.secret_key, settings.data_dir)
             _function_context = Context(settings, pool, KnativePublisher(), master_key, pipeline_pool)
+            from remails.metrics import serve_in_thread
+
+            serve_in_thread(*settings.metrics_listen, {"main": pool, "pipeline": pipeline_pool})
         return _function_context

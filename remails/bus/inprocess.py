@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from cloudevents.http import CloudEvent
 
+from remails import metrics
 from remails.backoff import exponential_delay
 from remails.bus import Trigger, matches
 from remails.log import log_event
@@ -127,6 +128,7 @@ class InProcessBus:
         if delivery.attempt >= self.max_attempts:
             self.dead_letters.append(DeadLetter(delivery.trigger.name, event, fields["error"]))
             log_event(logger, "event dead-lettered", logging.ERROR, **fields)
+            metrics.DEAD_LETTERS.inc()
             return
         log_event(logger, "event delivery failed, retrying", logging.WARNING, **fields)
         delay = exponential_delay(
