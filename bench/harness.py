@@ -260,13 +260,17 @@ class Remails:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
             timeout=120,
         )
+        if out.returncode != 0:
+            raise SystemExit(f"remails {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
         parsed: dict[str, object] = json.loads(out.stdout)
         return parsed
 
     def setup_tenant(self) -> str:
+        """Before the server starts: `migrate` creates the database the CLI then works on."""
+        self._cli("migrate")
         org = self._cli("org", "create", "Bench", "--monthly-quota", "100000000")
         project = self._cli("project", "create", str(org["id"]), "bench")
         self._cli("domain", "add", str(project["id"]), "bench.test")

@@ -176,7 +176,9 @@ async def test_management_flow_creates_answer_201_with_ids(api: Api) -> None:
         json={"domain": "mail.acme-two.test", "project_ids": [project.json()["id"]]},
     )
     assert domain.status_code == 201
-    assert {r["type"] for r in domain.json()["dns_records"]} == {"TXT"}
+    records = {(r["type"], r["name"]) for r in domain.json()["dns_records"]}
+    assert {t for t, _ in records} == {"TXT", "MX"}  # SPF, DKIM, DMARC; the return path's MX
+    assert ("MX", "rp.mail.acme-two.test") in records
     verify = await api.call("POST", f"/v1/domains/{domain.json()['id']}/verify", api.acme_admin)
     assert verify.status_code == 200 and verify.json()["verified"] is False
     credential = await api.call(
