@@ -112,5 +112,8 @@ class HttpServer:
 
     async def stop(self) -> None:
         self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        if self._task.done() and not self._server.started:
+            return  # it never served: start() has raised its failure already
+        await self._task

@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 
 from remails.config import ConfigError, load_settings
-from remails.runtime import _notification_mail
+from remails.runtime.banner import notification_mail
 
 
 def test_defaults_are_the_free_plan_and_the_documented_retentions() -> None:
@@ -29,8 +29,8 @@ def test_a_bad_system_sender_is_refused_naming_the_variable() -> None:
 
 
 def test_the_banner_says_when_notification_mail_is_off() -> None:
-    assert _notification_mail(load_settings()).startswith("off: set REMAILS_SYSTEM_PROJECT_ID")
-    assert _notification_mail(load_settings(system_from="n@ops.test")).startswith("off")  # both needed
+    assert notification_mail(load_settings()).startswith("off: set REMAILS_SYSTEM_PROJECT_ID")
+    assert notification_mail(load_settings(system_from="n@ops.test")).startswith("off")  # both needed
     project = uuid4()
     on = load_settings(system_project_id=str(project), system_from="n@ops.test")
-    assert on.system_mail and _notification_mail(on) == f"from n@ops.test (project {project})"
+    assert on.system_mail and notification_mail(on) == f"from n@ops.test (project {project})"

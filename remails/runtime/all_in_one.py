@@ -1,0 +1,150 @@
+"""`remails up`: every role in one process on the in-process bus (or, with REMAILS_WORKERS=N,
+the supervisor of N such processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from functions import HANDLERS
+from functions.api import create_app
+from remails import metrics
+from remails.admin_token import ensure_admin_token
+from remails.bus import Trigger
+from remails.bus.inprocess import InProcessBus
+from remails.config import Settings
+from remails.context import Context
+from remails.crypto import load_master_key
+from remails.db import Database, connect
+from remails.errors import SetupError
+from remails.events import EventType, Tick, make_event
+from remails.http_server import HttpServer
+from remails.log import configure_logging, log_event
+from remails.runtime.banner import Listening, show_token, welcome
+from remails.runtime.lifecycle import exit_if_lost, pipeline_pools, stop_event, watch_embedded
+from remails.runtime.supervisor import supervise_workers
+from sender_node.agent import SenderNode
+from smtp_edge.server import EdgeServer
+
+__all__ = ["Runtime", "run_all_in_one"]
+
+logger = logging.getLogger("remails.runtime")
+
+
+@dataclass
+class Runtime:
+    """Every role in one process, on the in-process bus."""
+
+    settings: Settings
+    db: Database | None = None
+    bus: InProcessBus = field(init=False)
+    ctx: Context | None = None
+    edge: EdgeServer | None = None
+    sender: SenderNode | None = None
+    api: HttpServer | None = None
+    new_admin_token: str | None = None
+    _ticker: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.bus = InProcessBus(
+            workers=self.settings.bus_workers,
+            queue_size=self.settings.bus_queue_size,
+            dead_letters_kept=self.settings.bus_dead_letters_kept,
+        )
+
+    async def start(self) -> None:
+        size = self.settings.db_pool_size
+        self.db = await connect(self.settings, min_size=size // 2, max_size=size)
+        serve_api = self.settings.worker_index in (None, 0)
+        pipeline_pool = await self.db.open_pipeline_pool(max_size=self.settings.db_pipeline_pool_size)
+        master_key = load_master_key(self.settings.secret_key, self.settings.data_dir)
+        ctx = Context(self.settings, self.db.pool, self.bus, master_key, pipeline_pool)
+        self.ctx = ctx
+        for sub in HANDLERS:
+            handler = functools.partial(sub.handler, ctx)
+            self.bus.subscribe(Trigger(f"{sub.function}:{sub.filters}", sub.filters, handler))
+        self.sender = SenderNode(ctx)
+        for trigger in self.sender.triggers():
+            self.bus.subscribe(trigger)
+        self.bus.start()
+        await self.sender.start()
+        self.edge = EdgeServer(ctx)
+        await self.edge.start()
+        self.new_admin_token = await ensure_admin_token(ctx.pool, self.settings.data_dir)
+        if serve_api:  # with several workers, the first serves the API
+            host, port = self.settings.http_listen
+            self.api = HttpServer(
+                create_app(ctx),
+                host,
+                port,
+                header_timeout=self.settings.http_header_timeout_seconds,
+                max_concurrency=self.settings.http_max_concurrency,
+            )
+            await self.api.start()
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def tick(self) -> None:
+        await self.bus.publish(make_event(EventType.TICK, Tick(at=datetime.now(UTC))))
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_seconds)
+            await self.tick()
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self.api is not None:
+            await self.api.stop()
+        if self.edge is not None:
+            await self.edge.stop()
+        if self.sender is not None:
+            await self.sender.stop()
+        await self.bus.stop()
+        if self.db is not None:
+            await self.db.close()
+
+
+async def run_all_in_one(settings: Settings) -> None:
+    configure_logging()
+    if settings.workers > 1 and settings.worker_index is None:
+        await supervise_workers(settings)
+        return
+    runtime = Runtime(settings)
+    await runtime.start()
+    db, edge, api = runtime.db, runtime.edge, runtime.api
+    if db is None or edge is None:
+        raise SetupError("the runtime started without its database or its SMTP edge")
+    metrics.watch_pools({"main": db.pool, **pipeline_pools(db)})
+    listener, sampler = None, None
+    if settings.worker_index is None:  # one process: it serves its own figures
+        listener = metrics.MetricsListener(*settings.metrics_listen, database=db.pool)
+        await listener.start()
+    else:  # a worker: the supervisor serves the sum of the workers' figures
+        sampler = asyncio.create_task(metrics.sample_pools_forever())
+    watch = watch_embedded(settings, db)
+    if api is not None:  # one process, or the worker that serves the API
+        show_token(settings, runtime.new_admin_token)
+        listening = Listening(edge.submission_address, edge.tls_address, edge.mx_address, api.address)
+        print(welcome(settings, listening), file=sys.stderr, flush=True)
+    stop = stop_event()
+    if watch is not None:
+        watch.add_done_callback(lambda _: stop.set())
+    try:
+        await stop.wait()
+    finally:
+        log_event(logger, "stopping")
+        for task in (sampler, watch):
+            if task is not None:
+                task.cancel()
+        if listener is not None:
+            await listener.stop()
+        await runtime.stop()
+    exit_if_lost(watch)
