@@ -87,7 +87,8 @@ class EdgeSMTP(SMTP):
             self.transport.close()
 
     async def _handle_client(self) -> None:
-        assert self.session is not None
+        if self.session is None:  # aiosmtpd makes the session in connection_made
+            return
         metrics.SMTP_SESSIONS.labels("submissions" if self.implicit_tls else self.listener).inc()
         settings = self.edge.ctx.settings
         peer = str(self.session.peer[0]) if self.session.peer else ""
@@ -126,8 +127,9 @@ class EdgeSMTP(SMTP):
         # A ClientHello that came in the same read as the PROXY header belongs to the handshake.
         leftover = bytes(self._reader._buffer)  # type: ignore[attr-defined]
         self._reader._buffer.clear()  # type: ignore[attr-defined]
+        if self.transport is None:  # the client went away before its handshake
+            return False
         self._original_transport = self.transport
-        assert self._original_transport is not None
         self._original_transport.set_protocol(self._tls_protocol)
         self.transport = self._tls_protocol._app_transport
         self._tls_protocol.connection_made(self._original_transport)
@@ -154,8 +156,7 @@ class EdgeSMTP(SMTP):
         super().connection_made(transport)
         # After a TLS handshake aiosmtpd starts a new session; the client is still the one the
         # PROXY header named.
-        if previous is not None and self.session is not previous:
-            assert self.session is not None
+        if previous is not None and self.session is not None and self.session is not previous:
             self.session.proxy_data = previous.proxy_data
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -194,8 +195,7 @@ class EdgeSMTP(SMTP):
             return
         if await self.check_auth_needed("DATA"):
             return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
+        if self.envelope is None or not self.envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:

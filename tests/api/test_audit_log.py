@@ -14,6 +14,7 @@ import pytest
 
 from remails.db import Pool
 from tests.api.conftest import Api
+from tests.support.db import one_row
 from tests.support.dnsserver import LocalDns
 from tests.test_cli import Cli
 
@@ -158,7 +159,7 @@ async def test_the_database_refuses_to_change_or_delete_audit_entries(api: Api, 
         await conn.execute("SELECT set_config('remails.audit_purge_days', '1', true)")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM audit_log")
-    row = await pool.fetchrow("SELECT action, at FROM audit_log")
+    row = await one_row(pool, "SELECT action, at FROM audit_log")
     assert row["action"] == "project.create" and (datetime.now(UTC) - row["at"]).total_seconds() < 60
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from remails.domain_records import expected_records
 from remails.runtime import Runtime
 from tests.e2e.conftest import EGRESS_IPS, World, message_status
 from tests.factories import Tenant, make_tenant
+from tests.support.db import one_row
 from tests.support.sink import Sink
 from tests.support.wait import wait_until
 
@@ -43,7 +45,7 @@ def _dns_txt(world: World) -> Callable[..., bytes | None]:
 
 async def _publish_all(world: World, pool: Pool, domain: str) -> dict[str, str]:
     """Every record a verified domain needs (DKIM, SPF, DMARC): name by kind."""
-    row = await pool.fetchrow("SELECT dkim_selector, dkim_public_key FROM domains WHERE name = $1", domain)
+    row = await one_row(pool, "SELECT dkim_selector, dkim_public_key FROM domains WHERE name = $1", domain)
     names = {}
     for record in expected_records(domain, row["dkim_selector"], row["dkim_public_key"], EGRESS_IPS):
         world.dns.zone.remove(record.name, "TXT")
@@ -116,7 +118,7 @@ async def test_quota_warning_at_80_percent_and_exhausted_at_100_mailed_once_each
     assert dkim.verify(inbox.received[1].data, dnsfunc=_dns_txt(world))
     assert "10 of 10" in str(_mails(inbox)[1]["Subject"])
     for message_id in sent:
-        await wait_until(lambda m=message_id: _is_delivered(pool, m), bound=30)
+        await wait_until(functools.partial(_is_delivered, pool, message_id), bound=30)
     assert len(dest.received) == 10
     await wait_until(lambda: _none_pending(pool), bound=10)
     assert await _kinds(pool, tenant.org_id) == ["quota.warning", "quota.exhausted"]
@@ -148,7 +150,7 @@ async def _is_delivered(pool: Pool, message_id: str) -> bool:
 
 
 async def _none_pending(pool: Pool) -> bool:
-    return await pool.fetchval("SELECT count(*) FROM notifications WHERE mail_status = 'pending'") == 0
+    return bool(await pool.fetchval("SELECT count(*) FROM notifications WHERE mail_status = 'pending'") == 0)
 
 
 async def test_a_domain_whose_dkim_record_goes_is_invalid_once_and_valid_when_it_returns(
@@ -196,7 +198,7 @@ async def test_a_domain_whose_dkim_record_goes_is_invalid_once_and_valid_when_it
     assert await status() == "verified"
     assert "match again" in str(_mails(inbox)[1]["Subject"])
     assert await _kinds(pool, tenant.org_id) == ["domain.invalid", "domain.valid"]
-    notice = await pool.fetchrow("SELECT details FROM notifications WHERE kind = 'domain.invalid'")
+    notice = await one_row(pool, "SELECT details FROM notifications WHERE kind = 'domain.invalid'")
     assert notice["details"]["domain"] == "customer.test"
     assert notice["details"]["checks"]["dkim"]["ok"] is False
 

@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.e2e.conftest import World, message_status
 from tests.inbound.conftest import start_receiving
+from tests.support.db import one_row
 from tests.support.postfix import Listener, PostfixMx
 from tests.support.receiver import Receiver
 from tests.support.sink import free_port
@@ -59,18 +60,20 @@ async def test_postfix_bounces_after_acceptance_to_our_return_path(
     message_id = await r.world.submit(r.runtime, r.tenant, [f"ghost@{DOMAIN}"])
 
     async def bounced() -> bool:
-        return (
-            await pool.fetchval("SELECT status::text FROM recipients WHERE message_id = $1::uuid", message_id)
-            == "bounced"
+        status = await pool.fetchval(
+            "SELECT status::text FROM recipients WHERE message_id = $1::uuid", message_id
         )
+        return bool(status == "bounced")
 
     await wait_until(bounced, bound=60, interval=0.1)
-    row = await pool.fetchrow(
-        "SELECT last_code, last_enhanced, last_text FROM recipients WHERE message_id = $1::uuid", message_id
+    row = await one_row(
+        pool,
+        "SELECT last_code, last_enhanced, last_text FROM recipients WHERE message_id = $1::uuid",
+        message_id,
     )
     assert row["last_enhanced"] == "5.1.1", dict(row)  # Postfix's status for an unknown user
     assert "unknown user" in row["last_text"]
-    inbound = await pool.fetchrow("SELECT kind, mail_from, status FROM inbound_messages")
+    inbound = await one_row(pool, "SELECT kind, mail_from, status FROM inbound_messages")
     assert (inbound["kind"], inbound["mail_from"], inbound["status"]) == ("bounce", "", "processed")
     assert await message_status(pool, message_id) == "bounced"
     reason = await pool.fetchval(

@@ -21,6 +21,7 @@ from tests.e2e.conftest import World, message_status
 from tests.factories import make_tenant, store_message
 from tests.inbound import samples
 from tests.inbound.conftest import REPORTS_DOMAIN, Receiving, start_receiving
+from tests.support.db import one_row
 from tests.support.receiver import Receiver
 from tests.support.wait import wait_until
 
@@ -145,8 +146,8 @@ async def test_a_dsn_after_acceptance_bounces_the_verp_recipient(receiving: Rece
     )
     assert code == 250, text
     await wait_until(lambda: _recipient(pool, ids["bob@receiver.test"], "bounced"), bound=15)
-    row = await pool.fetchrow(
-        "SELECT last_enhanced, last_text FROM recipients WHERE id = $1", ids["bob@receiver.test"]
+    row = await one_row(
+        pool, "SELECT last_enhanced, last_text FROM recipients WHERE id = $1", ids["bob@receiver.test"]
     )
     assert row["last_enhanced"] == "5.1.1" and "unknown user" in row["last_text"]
     assert await _recipient(pool, ids["carol@receiver.test"], "delivered")
@@ -189,7 +190,9 @@ async def _is(pool: Pool, message_id: str, status: str) -> bool:
 
 
 async def _recipient(pool: Pool, recipient_id: int, status: str) -> bool:
-    return await pool.fetchval("SELECT status::text FROM recipients WHERE id = $1", recipient_id) == status
+    return bool(
+        await pool.fetchval("SELECT status::text FROM recipients WHERE id = $1", recipient_id) == status
+    )
 
 
 async def test_an_arf_complaint_to_the_feedback_address_suppresses_the_recipient(
@@ -315,8 +318,8 @@ async def test_dsn_dialects_over_smtp(
     assert code == 250, text
     [row] = await _processed(pool, 1)
     assert row["status"] == "processed", row
-    recipient = await pool.fetchrow(
-        "SELECT status::text, last_enhanced, last_text FROM recipients WHERE id = $1", recipient_id
+    recipient = await one_row(
+        pool, "SELECT status::text, last_enhanced, last_text FROM recipients WHERE id = $1", recipient_id
     )
     assert recipient["status"] == status
     if enhanced is not None:
@@ -354,7 +357,7 @@ async def test_the_sweep_processes_what_lost_its_event_and_forgets_old_mail(rece
     await wait_until(lambda: _recipient(pool, recipient_id, "bounced"), bound=20)
 
     async def purged() -> bool:  # past REMAILS_METADATA_RETENTION_DAYS (90)
-        return await pool.fetchval("SELECT count(*) FROM inbound_messages WHERE id = $1", old) == 0
+        return bool(await pool.fetchval("SELECT count(*) FROM inbound_messages WHERE id = $1", old) == 0)
 
     await wait_until(purged, bound=10)
 

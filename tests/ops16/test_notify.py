@@ -17,6 +17,7 @@ from remails.crypto import load_master_key
 from remails.db import Pool, orgs, users
 from remails.events import EventType, Tick, make_event
 from tests.factories import make_tenant
+from tests.support.db import one_row
 from tests.support.recording import RecordingPublisher
 
 
@@ -54,9 +55,10 @@ async def test_a_notification_is_mailed_once_to_the_address_and_the_admins(
     ctx = Context(on, pool, publisher, load_master_key(None, on.data_dir))
 
     await notify.handle_tick(ctx, _tick())
-    row = await pool.fetchrow("SELECT mail_status, mail_message_id FROM notifications WHERE id = $1", notice)
+    row = await one_row(pool, "SELECT mail_status, mail_message_id FROM notifications WHERE id = $1", notice)
     assert row["mail_status"] == "sent"
-    message = await pool.fetchrow(
+    message = await one_row(
+        pool,
         "SELECT project_id, mail_from, raw, label, metadata,"
         " ARRAY(SELECT address FROM recipients WHERE message_id = m.id ORDER BY address) AS rcpts"
         " FROM messages m WHERE id = $1",
