@@ -25,6 +25,7 @@ from uuid import UUID
 import uvloop
 
 from remails import cli_commands, webhook_endpoints
+from remails.cli_commands import id_argument, with_db
 from remails.cli_output import render
 from remails.config import ConfigError, Settings, load_settings
 from remails.crypto import load_master_key
@@ -84,23 +85,6 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
     print(render(result))
 
 
-def _uuid(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an id: {text!r}") from None
-
-
-async def _with_db(
-    settings: Settings, work: Callable[[Database], Awaitable[dict[str, Any]]]
-) -> dict[str, Any]:
-    db = await connect(settings, max_size=2)
-    try:
-        return await work(db)
-    finally:
-        await db.close()
-
-
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     db = await connect(settings, max_size=2, run_migrations=False)
     try:
@@ -114,7 +98,7 @@ async def cmd_org_create(args: argparse.Namespace, settings: Settings) -> dict[s
         org = await orgs.create_organization(db.pool, args.name, args.monthly_quota)
         return vars(org)
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_org_set_pool(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -138,7 +122,7 @@ async def cmd_org_set_pool(args: argparse.Namespace, settings: Settings) -> dict
             )
         return result
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 _BLOCK_LEVELS = {"sending": "no_sending", "full": "full_freeze"}
@@ -163,7 +147,7 @@ async def cmd_org_block(args: argparse.Namespace, settings: Settings) -> dict[st
             )
         return {"id": args.org_id, "block_status": block_status, "reason": args.reason}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_org_unblock(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -182,7 +166,7 @@ async def cmd_org_unblock(args: argparse.Namespace, settings: Settings) -> dict[
             )
         return {"id": args.org_id, "block_status": "not_blocked"}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -205,7 +189,7 @@ async def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> dict[st
             raise CliError("--cursor: not a cursor this command printed") from None
         return {"entries": [vars(e) for e in page.entries], "next_cursor": page.next_cursor}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_project_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -219,7 +203,7 @@ async def cmd_project_create(args: argparse.Namespace, settings: Settings) -> di
         )
         return vars(project)
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -238,7 +222,7 @@ async def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> dict[s
             reports_domain=settings.effective_reports_domain,
         )
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -270,7 +254,7 @@ async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dic
             raise Unsuccessful(result)
         return result
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_domain_rotate_key(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -294,7 +278,7 @@ async def cmd_domain_rotate_key(args: argparse.Namespace, settings: Settings) ->
         )
         return view
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_smtp_credential_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -304,7 +288,7 @@ async def cmd_smtp_credential_create(args: argparse.Namespace, settings: Setting
         credential, password = await credentials.create_smtp_credential(db.pool, args.project_id)
         return {**vars(credential), "password": password}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -320,7 +304,7 @@ async def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> di
         )
         return {**vars(key), "token": token}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_ip_pool_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -333,7 +317,7 @@ async def cmd_ip_pool_create(args: argparse.Namespace, settings: Settings) -> di
     async def work(db: Database) -> dict[str, Any]:
         return vars(await egress.create_ip_pool(db.pool, args.name, ips))
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def _message_raw(args: argparse.Namespace, db: Database) -> dict[str, Any]:
@@ -369,7 +353,7 @@ async def cmd_message_show(args: argparse.Namespace, settings: Settings) -> dict
         explanation = explain(detail, suppressed, live_ips)
         return {"explanation": explanation, **detail, "recipients": recipients}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_webhook_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -390,7 +374,7 @@ async def cmd_webhook_create(args: argparse.Namespace, settings: Settings) -> di
             raise CliError(f"URL {exc}") from None
         return {**vars(endpoint), "secret": secret}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_webhook_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -398,7 +382,7 @@ async def cmd_webhook_list(args: argparse.Namespace, settings: Settings) -> dict
         listed = await webhook_endpoints_db.list_endpoints(db.pool, args.project_id)
         return {"webhooks": [vars(e) for e in listed]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_admin_token_rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -408,7 +392,7 @@ async def cmd_admin_token_rotate(args: argparse.Namespace, settings: Settings) -
         key, token = await rotate_admin_token(db.pool)
         return {"id": key.id, "created_at": key.created_at, "token": token}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_admin_token_show_hint(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -417,7 +401,7 @@ async def cmd_admin_token_show_hint(args: argparse.Namespace, settings: Settings
     async def work(db: Database) -> dict[str, Any]:
         return {"admin_keys": [vars(k) for k in await admin_keys(db.pool)]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_backup(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -459,7 +443,7 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> dict[
                 await users.set_membership(conn, args.org, user.id, args.role)
         return {"id": user.id, "email": user.email, "password": password}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_user_reset_password(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -474,7 +458,7 @@ async def cmd_user_reset_password(args: argparse.Namespace, settings: Settings) 
         await users.set_password(db.pool, user.id, hash_password(password))
         return {"id": user.id, "email": user.email, "password": password}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -520,24 +504,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", type=cli_commands.name_argument)
     p.add_argument("--monthly-quota", type=cli_commands.count_argument(0, 1_000_000_000), default=None)
     p = add(org, "block", cmd_org_block, "block an organization (sending: no mail; full: also no changes)")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("--level", choices=sorted(_BLOCK_LEVELS), required=True)
     p.add_argument("--reason", required=True, help="why (kept with the block and in the audit log)")
     p = add(org, "unblock", cmd_org_unblock, "lift a block; held messages resume")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p = add(sub, "audit-log", cmd_audit_log, "an organization's audit log, newest first")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("--action", default=None, help="one action, or a prefix like domain.")
     p.add_argument("--actor", default=None, help="api_key[:ID], user[:ID] or operator[:ID]")
     p.add_argument("--limit", type=int, default=50, choices=range(1, 1001), metavar="1..1000")
     p.add_argument("--cursor", default=None, help="next_cursor of the previous page")
     p = add(org, "set-pool", cmd_org_set_pool, "give an organization a dedicated IP pool")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("pool", help="IP pool name; `none`: back to the shared pool")
 
     project = sub.add_parser("project", help="projects").add_subparsers(dest="action", required=True)
     p = add(project, "create", cmd_project_create, "create a project")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("name", type=cli_commands.name_argument)
     p.add_argument("--retention-days", type=cli_commands.count_argument(1, 3650), default=None)
     p.add_argument(
@@ -546,28 +530,28 @@ def _parser() -> argparse.ArgumentParser:
 
     domain = sub.add_parser("domain", help="sending domains").add_subparsers(dest="action", required=True)
     p = add(domain, "add", cmd_domain_add, "add a domain; prints the DNS records to publish")
-    p.add_argument("project_id", type=_uuid)
+    p.add_argument("project_id", type=id_argument)
     p.add_argument("domain")
     p = add(domain, "verify", cmd_domain_verify, "check the domain's DNS records")
     p.add_argument("domain")
     p.add_argument("--force", action="store_true", help="mark verified by operator decision")
-    p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
+    p.add_argument("--org", type=id_argument, default=None, help="whose claim, when several claim it")
     p = add(domain, "rotate-key", cmd_domain_rotate_key, "start a DKIM key rotation (a new selector)")
     p.add_argument("domain")
     p.add_argument("--ed25519", action="store_true", help="also an Ed25519 key signing beside RSA")
-    p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
+    p.add_argument("--org", type=id_argument, default=None, help="whose claim, when several claim it")
 
     cred = sub.add_parser("smtp-credential", help="SMTP credentials").add_subparsers(
         dest="action", required=True
     )
     p = add(cred, "create", cmd_smtp_credential_create, "create a credential (password shown once)")
-    p.add_argument("project_id", type=_uuid)
+    p.add_argument("project_id", type=id_argument)
 
     key = sub.add_parser("api-key", help="API keys").add_subparsers(dest="action", required=True)
     p = add(key, "create", cmd_api_key_create, "create an API key (token shown once)")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("--role", choices=["read_only", "maintainer", "admin"], default="maintainer")
-    p.add_argument("--project", type=_uuid, default=None)
+    p.add_argument("--project", type=id_argument, default=None)
     p.add_argument("--description", default="", help="a name for the key, shown when listed")
 
     pool = sub.add_parser("ip-pool", help="dedicated IP pools").add_subparsers(dest="action", required=True)
@@ -577,11 +561,11 @@ def _parser() -> argparse.ArgumentParser:
 
     hook = sub.add_parser("webhook", help="webhook endpoints").add_subparsers(dest="action", required=True)
     p = add(hook, "create", cmd_webhook_create, "add an endpoint (its signing secret is shown once)")
-    p.add_argument("project_id", type=_uuid)
+    p.add_argument("project_id", type=id_argument)
     p.add_argument("url")
     p.add_argument("--events", default=",".join(WEBHOOK_EVENTS), help="comma list of event types")
     p = add(hook, "list", cmd_webhook_list, "a project's endpoints")
-    p.add_argument("project_id", type=_uuid)
+    p.add_argument("project_id", type=id_argument)
 
     admin = sub.add_parser("admin-token", help="the operator's super-admin API token").add_subparsers(
         dest="action", required=True
@@ -593,14 +577,19 @@ def _parser() -> argparse.ArgumentParser:
     p = add(user, "create", cmd_user_create, "create a user (a generated password, shown once)")
     p.add_argument("email")
     p.add_argument("--operator", action="store_true", help="sees and manages every organization")
-    p.add_argument("--org", type=_uuid, default=None, help="make the user a member of this organization")
+    p.add_argument(
+        "--org",
+        type=id_argument,
+        default=None,
+        help="make the user a member of this organization",
+    )
     p.add_argument("--role", choices=["admin", "maintainer", "read_only"], default=None)
     p = add(user, "reset-password", cmd_user_reset_password, "a new generated password; ends all sessions")
     p.add_argument("email")
 
     message = sub.add_parser("message", help="messages").add_subparsers(dest="action", required=True)
     p = add(message, "show", cmd_message_show, "a message's status, recipients and attempts")
-    p.add_argument("message_id", type=_uuid)
+    p.add_argument("message_id", type=id_argument)
     p.add_argument("--raw", action="store_true", help="print its bytes (a sandbox message's: as signed)")
     cli_commands.register(sub, add)  # the list commands, suppressions, status
     return parser

@@ -43,10 +43,12 @@ __all__ = [
     "count_argument",
     "database_missing",
     "how_to_run",
+    "id_argument",
     "name_argument",
     "port_in_use",
     "register",
     "version",
+    "with_db",
 ]
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
@@ -138,14 +140,14 @@ def name_argument(text: str) -> str:
     return name
 
 
-def _uuid(text: str) -> UUID:
+def id_argument(text: str) -> UUID:
     try:
         return UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an id: {text!r}") from None
 
 
-async def _with_db(
+async def with_db(
     settings: Settings, work: Callable[[Database], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
     db = await connect(settings, max_size=2)
@@ -166,7 +168,7 @@ async def cmd_org_list(args: argparse.Namespace, settings: Settings) -> dict[str
         rows = [{c: vars(o)[c] for c in columns} for o in await orgs.list_organizations(db.pool)]
         return {"organizations": rows}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_project_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -174,7 +176,7 @@ async def cmd_project_list(args: argparse.Namespace, settings: Settings) -> dict
         await _require_org(db, args.org_id)
         return {"projects": [vars(p) for p in await orgs.list_projects(db.pool, args.org_id)]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_domain_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -193,7 +195,7 @@ async def cmd_domain_list(args: argparse.Namespace, settings: Settings) -> dict[
         ]
         return {"domains": rows}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_domain_records(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -209,7 +211,7 @@ async def cmd_domain_records(args: argparse.Namespace, settings: Settings) -> di
             other_keys=await dkim_keys.keys_of_domain(db.pool, domain.id),
         )
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -219,7 +221,7 @@ async def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> d
         listed = await credentials.list_smtp_credentials(db.pool, args.project_id)
         return {"smtp_credentials": [vars(c) for c in listed]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_api_key_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -227,7 +229,7 @@ async def cmd_api_key_list(args: argparse.Namespace, settings: Settings) -> dict
         await _require_org(db, args.org_id)
         return {"api_keys": [vars(k) for k in await credentials.list_api_keys(db.pool, args.org_id)]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_message_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -237,7 +239,7 @@ async def cmd_message_list(args: argparse.Namespace, settings: Settings) -> dict
         columns = ("id", "status", "mail_from", "recipients", "label", "created_at", "reason")
         return {"messages": [{c: r[c] for c in columns} for r in rows]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_suppression_list(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -246,7 +248,7 @@ async def cmd_suppression_list(args: argparse.Namespace, settings: Settings) -> 
         listed = await suppressions.list_suppressions(db.pool, args.org_id, after=None, limit=args.limit)
         return {"suppressions": [asdict(s) for s in listed]}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_suppression_remove(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -261,7 +263,7 @@ async def cmd_suppression_remove(args: argparse.Namespace, settings: Settings) -
             )
         return {"removed": address, "organization_id": args.org_id}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def _server_answers(settings: Settings) -> str:
@@ -293,7 +295,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> dict[str, 
             "recent_problems": problems,
         }
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 async def cmd_domain_dmarc_reports(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -306,7 +308,7 @@ async def cmd_domain_dmarc_reports(args: argparse.Namespace, settings: Settings)
         summary = summarise(record for r in rows for record in r.records)
         return {"domain": domain.name, "reports": reports, "summary": summary}
 
-    return await _with_db(settings, work)
+    return await with_db(settings, work)
 
 
 def register(sub: Any, add: Adder) -> None:
@@ -324,38 +326,38 @@ def register(sub: Any, add: Adder) -> None:
 
     add(group("org", "organizations"), "list", cmd_org_list, "every organization")
     p = add(group("project", "projects"), "list", cmd_project_list, "an organization's projects")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     domain = group("domain", "sending domains")
     p = add(domain, "list", cmd_domain_list, "an organization's domains and their state")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p = add(domain, "records", cmd_domain_records, "the DNS records to publish for a domain, again")
     p.add_argument("domain")
-    p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
+    p.add_argument("--org", type=id_argument, default=None, help="whose claim, when several claim it")
     p = add(domain, "dmarc-reports", cmd_domain_dmarc_reports, "DMARC aggregate reports of a domain")
     p.add_argument("domain")
-    p.add_argument("--org", type=_uuid, default=None, help="whose claim, when several claim it")
+    p.add_argument("--org", type=id_argument, default=None, help="whose claim, when several claim it")
     p.add_argument("--limit", type=count_argument(1, 1000), default=50)
     p = add(
         group("smtp-credential", "SMTP credentials"), "list", cmd_credential_list, "a project's credentials"
     )
-    p.add_argument("project_id", type=_uuid)
+    p.add_argument("project_id", type=id_argument)
     p = add(
         group("api-key", "API keys"), "list", cmd_api_key_list, "an organization's API keys (never tokens)"
     )
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p = add(group("message", "messages"), "list", cmd_message_list, "messages, newest first")
-    p.add_argument("--org", type=_uuid, default=None, help="one organization's (default: all)")
-    p.add_argument("--project", type=_uuid, default=None)
+    p.add_argument("--org", type=id_argument, default=None, help="one organization's (default: all)")
+    p.add_argument("--project", type=id_argument, default=None)
     p.add_argument("--status", choices=literal_values(MessageStatus), default=None)
     p.add_argument("--recipient", default=None, help="messages to this address")
     p.add_argument("--label", default=None)
     p.add_argument("--limit", type=count_argument(1, 1000), default=20)
     supp = group("suppression", "suppressed addresses")
     p = add(supp, "list", cmd_suppression_list, "an organization's suppressed addresses")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("--limit", type=count_argument(1, 10000), default=100)
     p = add(supp, "remove", cmd_suppression_remove, "send to an address again")
-    p.add_argument("org_id", type=_uuid)
+    p.add_argument("org_id", type=id_argument)
     p.add_argument("address")
     p = add(sub, "status", cmd_status, "is the server up; queue by status; latest problems")
     p.add_argument("--errors", type=count_argument(0, 100), default=5, help="how many problems to show")
