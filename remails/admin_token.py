@@ -13,6 +13,7 @@ from uuid import UUID
 
 from remails.db import Pool
 from remails.db.credentials import create_api_key, has_super_admin
+from remails.db.rows import Executor
 
 __all__ = ["AdminKey", "admin_keys", "ensure_admin_token", "rotate_admin_token"]
 
@@ -35,7 +36,7 @@ async def ensure_admin_token(pool: Pool, data_dir: Path) -> str | None:
     return token
 
 
-async def rotate_admin_token(pool: Pool) -> tuple[AdminKey, str]:
+async def rotate_admin_token(pool: Executor) -> tuple[AdminKey, str]:
     """A new super-admin token; every older one stops working. The new key is written first, so
     a failure half-way leaves a working token, never none."""
     key, token = await create_api_key(pool, None, "admin", description="operator (rotated)")

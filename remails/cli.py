@@ -32,12 +32,20 @@ from remails.crypto import load_master_key
 from remails.db import Database, audit, connect, credentials, dkim_keys, domains, egress, messages, orgs
 from remails.db import suppressions as suppressions_db
 from remails.db import webhook_endpoints as webhook_endpoints_db
+from remails.db.audit import url_origin
 from remails.db.migrate import migrate
-from remails.dkim_rotation import rotate
+from remails.db.rows import Executor, transaction
+from remails.dkim_rotation import prepare_rotation, start_prepared
 from remails.dns import DnsFailure, make_resolver
 from remails.errors import RemailsError, UnsafeTarget
 from remails.message_view import HEARTBEATS_TO_BE_LIVE, explain, with_suppressions
-from remails.sending_domains import add_sending_domain, domain_view, verify_sending_domain
+from remails.sending_domains import (
+    check_sending_domain,
+    domain_view,
+    prepare_sending_domain,
+    store_check,
+    store_sending_domain,
+)
 from remails.types import WebhookEventType, literal_values
 
 __all__ = ["main"]
@@ -95,23 +103,47 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> dict[str,
 
 async def cmd_org_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
-        org = await orgs.create_organization(db.pool, args.name, args.monthly_quota)
+        quota = settings.default_monthly_quota if args.monthly_quota is None else args.monthly_quota
+        async with transaction(db.pool) as conn:
+            org = await orgs.create_organization(conn, args.name, quota)
+            details = {"name": org.name, "monthly_quota": org.monthly_quota}
+            await _audit(conn, "organization.create", org.id, org.id, details)
         return vars(org)
 
     return await with_db(settings, work)
 
 
+async def _audit(
+    conn: Executor,
+    action: str,
+    organization_id: UUID | None,
+    target: UUID | str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """The operator's entry for a change, in the change's transaction (never a secret)."""
+    await audit.record(
+        conn, audit.operator_cli(), action, organization_id=organization_id, target=target, details=details
+    )
+
+
+async def _set_pool(db: Database, org_id: UUID, ip_pool_id: UUID | None, name: str | None) -> None:
+    async with transaction(db.pool) as conn:
+        if not await orgs.set_ip_pool(conn, org_id, ip_pool_id):
+            raise CliError(f"no organization {org_id}")
+        await _audit(
+            conn, "organization.ip_pool", org_id, org_id, {"ip_pool_id": ip_pool_id, "ip_pool": name}
+        )
+
+
 async def cmd_org_set_pool(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
         if args.pool == "none":  # back to the shared pool
-            if not await orgs.set_ip_pool(db.pool, args.org_id, None):
-                raise CliError(f"no organization {args.org_id}")
+            await _set_pool(db, args.org_id, None, None)
             return {"id": args.org_id, "ip_pool_id": None, "ip_pool": None}
         ip_pool = await egress.get_ip_pool_by_name(db.pool, args.pool)
         if ip_pool is None:
             raise CliError(f"no IP pool named {args.pool!r}")
-        if not await orgs.set_ip_pool(db.pool, args.org_id, ip_pool.id):
-            raise CliError(f"no organization {args.org_id}")
+        await _set_pool(db, args.org_id, ip_pool.id, ip_pool.name)
         result: dict[str, Any] = {"id": args.org_id, "ip_pool_id": ip_pool.id, "ip_pool": ip_pool.name}
         fresh = settings.heartbeat_seconds * HEARTBEATS_TO_BE_LIVE
         if not await egress.live_pool_ips(db.pool, ip_pool.id, fresh):
@@ -137,14 +169,7 @@ async def cmd_org_block(args: argparse.Namespace, settings: Settings) -> dict[st
             if not await orgs.set_block_status(conn, args.org_id, block_status, args.reason):
                 raise CliError(f"no organization {args.org_id}")
             details = {"level": args.level, "reason": args.reason}
-            await audit.record(
-                conn,
-                audit.operator_cli(),
-                "organization.block",
-                organization_id=args.org_id,
-                target=args.org_id,
-                details=details,
-            )
+            await _audit(conn, "organization.block", args.org_id, args.org_id, details)
         return {"id": args.org_id, "block_status": block_status, "reason": args.reason}
 
     return await with_db(settings, work)
@@ -157,13 +182,7 @@ async def cmd_org_unblock(args: argparse.Namespace, settings: Settings) -> dict[
         async with db.pool.acquire() as conn, conn.transaction():
             if not await orgs.set_block_status(conn, args.org_id, "not_blocked"):
                 raise CliError(f"no organization {args.org_id}")
-            await audit.record(
-                conn,
-                audit.operator_cli(),
-                "organization.unblock",
-                organization_id=args.org_id,
-                target=args.org_id,
-            )
+            await _audit(conn, "organization.unblock", args.org_id, args.org_id)
         return {"id": args.org_id, "block_status": "not_blocked"}
 
     return await with_db(settings, work)
@@ -198,9 +217,12 @@ async def cmd_project_create(args: argparse.Namespace, settings: Settings) -> di
             raise CliError(f"no organization {args.org_id}")
         if any(p.name == args.name for p in await orgs.list_projects(db.pool, args.org_id)):
             raise CliError(f"name: organization {args.org_id} already has a project named {args.name!r}")
-        project = await orgs.create_project(
-            db.pool, args.org_id, args.name, args.retention_days, sandbox=args.sandbox
-        )
+        async with transaction(db.pool) as conn:
+            project = await orgs.create_project(
+                conn, args.org_id, args.name, args.retention_days, sandbox=args.sandbox
+            )
+            details = {"name": project.name, "sandbox": project.sandbox}
+            await _audit(conn, "project.create", args.org_id, project.id, details)
         return vars(project)
 
     return await with_db(settings, work)
@@ -212,9 +234,11 @@ async def cmd_domain_add(args: argparse.Namespace, settings: Settings) -> dict[s
         if project is None:
             raise CliError(f"no project {args.project_id}")
         master_key = load_master_key(settings.secret_key, settings.data_dir)
-        domain = await add_sending_domain(
-            db.pool, master_key, project.organization_id, [project.id], args.domain
-        )
+        new = await prepare_sending_domain(master_key, args.domain)  # the key, before the transaction
+        async with transaction(db.pool) as conn:
+            domain = await store_sending_domain(conn, project.organization_id, [project.id], new)
+            details = {"domain": domain.name, "project_ids": [project.id]}
+            await _audit(conn, "domain.create", project.organization_id, domain.id, details)
         return domain_view(
             domain,
             settings.outbound_ips,
@@ -231,8 +255,7 @@ async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dic
         if domain is None:
             raise CliError(f"no single claim on {args.domain!r}; name the organization with --org")
         try:
-            _, result = await verify_sending_domain(
-                db.pool,
+            check = await check_sending_domain(
                 make_resolver(settings),
                 domain,
                 settings.outbound_ips,
@@ -244,6 +267,11 @@ async def cmd_domain_verify(args: argparse.Namespace, settings: Settings) -> dic
                 f"{exc.message} (servers: REMAILS_DNS_SERVERS, else the system resolver);"
                 " `--force` marks the domain verified by operator decision"
             ) from None
+        result = check.result
+        async with transaction(db.pool) as conn:
+            await store_check(conn, check)
+            details = {"domain": domain.name, "verified": check.verified, "force": args.force}
+            await _audit(conn, "domain.verify", domain.organization_id, domain.id, details)
         if not result["verified"]:
             missing = [k for k, c in result["checks"].items() if not c["ok"] and k != "dmarc"]
             result["hint"] = (
@@ -263,7 +291,11 @@ async def cmd_domain_rotate_key(args: argparse.Namespace, settings: Settings) ->
         if domain is None:
             raise CliError(f"no single claim on {args.domain!r}; name the organization with --org")
         master_key = load_master_key(settings.secret_key, settings.data_dir)
-        started = await rotate(db.pool, master_key, domain, ed25519=args.ed25519)
+        new = await prepare_rotation(db.pool, master_key, domain, ed25519=args.ed25519)
+        async with transaction(db.pool) as conn:
+            started = await start_prepared(conn, domain, new)
+            details = {"domain": domain.name, "selectors": [k.selector for k in started]}
+            await _audit(conn, "domain.rotate_key", domain.organization_id, domain.id, details)
         view = domain_view(
             domain,
             settings.outbound_ips,
@@ -283,9 +315,13 @@ async def cmd_domain_rotate_key(args: argparse.Namespace, settings: Settings) ->
 
 async def cmd_smtp_credential_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     async def work(db: Database) -> dict[str, Any]:
-        if await orgs.get_project(db.pool, args.project_id) is None:
+        project = await orgs.get_project(db.pool, args.project_id)
+        if project is None:
             raise CliError(f"no project {args.project_id}")
-        credential, password = await credentials.create_smtp_credential(db.pool, args.project_id)
+        async with transaction(db.pool) as conn:
+            credential, password = await credentials.create_smtp_credential(conn, args.project_id)
+            details = {"project_id": project.id, "username": credential.username}
+            await _audit(conn, "smtp_credential.create", project.organization_id, credential.id, details)
         return {**vars(credential), "password": password}
 
     return await with_db(settings, work)
@@ -299,9 +335,12 @@ async def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> di
             project = await orgs.get_project(db.pool, args.project)
             if project is None or project.organization_id != args.org_id:
                 raise CliError(f"no project {args.project} in organization {args.org_id}")
-        key, token = await credentials.create_api_key(
-            db.pool, args.org_id, args.role, args.project, args.description
-        )
+        async with transaction(db.pool) as conn:
+            key, token = await credentials.create_api_key(
+                conn, args.org_id, args.role, args.project, args.description
+            )
+            details = {"role": args.role, "project_id": args.project}
+            await _audit(conn, "api_key.create", args.org_id, key.id, details)
         return {**vars(key), "token": token}
 
     return await with_db(settings, work)
@@ -315,7 +354,10 @@ async def cmd_ip_pool_create(args: argparse.Namespace, settings: Settings) -> di
         raise CliError(str(exc).replace("REMAILS_OUTBOUND_IPS", "--ips")) from None
 
     async def work(db: Database) -> dict[str, Any]:
-        return vars(await egress.create_ip_pool(db.pool, args.name, ips))
+        async with transaction(db.pool) as conn:
+            created = await egress.create_ip_pool(conn, args.name, ips)
+            await _audit(conn, "ip_pool.create", None, created.name, {"ips": created.ips})
+        return vars(created)
 
     return await with_db(settings, work)
 
@@ -363,16 +405,19 @@ async def cmd_webhook_create(args: argparse.Namespace, settings: Settings) -> di
         raise CliError(f"--events: unknown {unknown}; choose from {', '.join(WEBHOOK_EVENTS)}")
 
     async def work(db: Database) -> dict[str, Any]:
-        if await orgs.get_project(db.pool, args.project_id) is None:
+        project = await orgs.get_project(db.pool, args.project_id)
+        if project is None:
             raise CliError(f"no project {args.project_id}")
         master_key = load_master_key(settings.secret_key, settings.data_dir)
-        try:
-            endpoint, secret = await webhook_endpoints.create_endpoint(
-                db.pool, settings, master_key, args.project_id, args.url, events
-            )
+        try:  # the target's DNS, before the transaction
+            new = await webhook_endpoints.prepare_endpoint(settings, master_key, args.url)
         except UnsafeTarget as exc:
             raise CliError(f"URL {exc}") from None
-        return {**vars(endpoint), "secret": secret}
+        async with transaction(db.pool) as conn:
+            endpoint = await webhook_endpoints.store_endpoint(conn, new, project.id, events)
+            details = {"project_id": project.id, "url": url_origin(endpoint.url), "events": endpoint.events}
+            await _audit(conn, "webhook.create", project.organization_id, endpoint.id, details)
+        return {**vars(endpoint), "secret": new.secret}
 
     return await with_db(settings, work)
 
@@ -389,7 +434,9 @@ async def cmd_admin_token_rotate(args: argparse.Namespace, settings: Settings) -
     from remails.admin_token import rotate_admin_token
 
     async def work(db: Database) -> dict[str, Any]:
-        key, token = await rotate_admin_token(db.pool)
+        async with transaction(db.pool) as conn:
+            key, token = await rotate_admin_token(conn)
+            await _audit(conn, "admin_token.rotate", None, key.id)
         return {"id": key.id, "created_at": key.created_at, "token": token}
 
     return await with_db(settings, work)
@@ -441,6 +488,8 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> dict[
             user = await users.create_user(conn, email, hash_password(password), operator=args.operator)
             if args.org is not None:
                 await users.set_membership(conn, args.org, user.id, args.role)
+            details = {"email": email, "operator": args.operator, "role": args.role}
+            await _audit(conn, "user.create", args.org, user.id, details)
         return {"id": user.id, "email": user.email, "password": password}
 
     return await with_db(settings, work)
@@ -455,7 +504,11 @@ async def cmd_user_reset_password(args: argparse.Namespace, settings: Settings) 
         if user is None:
             raise CliError(f"no user {args.email!r}")
         password = generate_password()
-        await users.set_password(db.pool, user.id, hash_password(password))
+        async with transaction(db.pool) as conn:
+            await users.set_password(conn, user.id, hash_password(password))
+            await audit.record_for_user(
+                conn, audit.operator_cli(), "user.password_reset", user.id, target=user.id
+            )
         return {"id": user.id, "email": user.email, "password": password}
 
     return await with_db(settings, work)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib.metadata
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -31,10 +32,12 @@ from remails.db import (
     messages,
     orgs,
     suppressions,
+    webhook_endpoints,
 )
 from remails.db.operations import read_figures
+from remails.db.rows import transaction
 from remails.dmarc import summarise
-from remails.errors import NotFound
+from remails.errors import InvalidInput, NotFound
 from remails.sending_domains import domain_view
 from remails.types import MessageStatus, literal_values
 
@@ -266,6 +269,114 @@ async def cmd_suppression_remove(args: argparse.Namespace, settings: Settings) -
     return await with_db(settings, work)
 
 
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+async def cmd_suppression_add(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    address = args.address.strip().lower()
+    if not _ADDRESS.match(address) or len(address) > 320:
+        raise InvalidInput(f"not an e-mail address: {args.address!r}", field="address")
+
+    async def work(db: Database) -> dict[str, Any]:
+        await _require_org(db, args.org_id)
+        async with transaction(db.pool) as conn:
+            added = await suppressions.add_suppression(conn, args.org_id, address, args.reason)
+            details = {"reason": args.reason}
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "suppression.create",
+                organization_id=args.org_id,
+                target=address,
+                details=details,
+            )
+        return {**asdict(added), "organization_id": args.org_id}
+
+    return await with_db(settings, work)
+
+
+async def cmd_api_key_revoke(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async def work(db: Database) -> dict[str, Any]:
+        key = await credentials.get_api_key(db.pool, args.key_id)
+        if key is None:
+            raise NotFound(f"no API key {args.key_id}")
+        if key.organization_id is None:
+            raise InvalidInput("that is an operator token; use `remails admin-token rotate`")
+        async with transaction(db.pool) as conn:
+            await credentials.delete_api_key(conn, key.id)
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "api_key.delete",
+                organization_id=key.organization_id,
+                target=key.id,
+            )
+        return {"revoked": key.id, "organization_id": key.organization_id}
+
+    return await with_db(settings, work)
+
+
+async def cmd_smtp_credential_revoke(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async def work(db: Database) -> dict[str, Any]:
+        found = await credentials.get_smtp_credential(db.pool, args.credential_id)
+        if found is None:
+            raise NotFound(f"no SMTP credential {args.credential_id}")
+        credential, org_id = found
+        async with transaction(db.pool) as conn:
+            await credentials.delete_smtp_credential(conn, credential.id)
+            details = {"username": credential.username}
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "smtp_credential.delete",
+                organization_id=org_id,
+                target=credential.id,
+                details=details,
+            )
+        return {"revoked": credential.id, "username": credential.username}
+
+    return await with_db(settings, work)
+
+
+async def cmd_domain_delete(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async def work(db: Database) -> dict[str, Any]:
+        domain = await domains.get_domain_by_name(db.pool, args.domain, args.org)
+        if domain is None:
+            raise NotFound(f"no single claim on {args.domain!r}; name the organization with --org")
+        async with transaction(db.pool) as conn:
+            await domains.delete_domain(conn, domain.id)
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "domain.delete",
+                organization_id=domain.organization_id,
+                target=domain.id,
+                details={"domain": domain.name},
+            )
+        return {"deleted": domain.id, "domain": domain.name}
+
+    return await with_db(settings, work)
+
+
+async def cmd_webhook_delete(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async def work(db: Database) -> dict[str, Any]:
+        endpoint = await webhook_endpoints.get_endpoint(db.pool, args.webhook_id)
+        if endpoint is None:
+            raise NotFound(f"no webhook {args.webhook_id}")
+        async with transaction(db.pool) as conn:
+            await webhook_endpoints.delete_endpoint(conn, endpoint.id)
+            await audit.record(
+                conn,
+                audit.operator_cli(),
+                "webhook.delete",
+                organization_id=endpoint.organization_id,
+                target=endpoint.id,
+            )
+        return {"deleted": endpoint.id}
+
+    return await with_db(settings, work)
+
+
 async def _server_answers(settings: Settings) -> str:
     host, port = settings.http_listen
     probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)  # noqa: S104
@@ -359,5 +470,23 @@ def register(sub: Any, add: Adder) -> None:
     p = add(supp, "remove", cmd_suppression_remove, "send to an address again")
     p.add_argument("org_id", type=id_argument)
     p.add_argument("address")
+    p = add(supp, "add", cmd_suppression_add, "never send to an address")
+    p.add_argument("org_id", type=id_argument)
+    p.add_argument("address")
+    p.add_argument("--reason", default="added by the operator", type=name_argument)
+    p = add(group("api-key", "API keys"), "revoke", cmd_api_key_revoke, "an API key stops working at once")
+    p.add_argument("key_id", type=id_argument)
+    p = add(
+        group("smtp-credential", "SMTP credentials"),
+        "revoke",
+        cmd_smtp_credential_revoke,
+        "a credential stops working",
+    )
+    p.add_argument("credential_id", type=id_argument)
+    p = add(domain, "delete", cmd_domain_delete, "remove a sending domain (its mail is refused)")
+    p.add_argument("domain")
+    p.add_argument("--org", type=id_argument, default=None, help="whose claim, when several claim it")
+    p = add(group("webhook", "webhook endpoints"), "delete", cmd_webhook_delete, "remove a webhook endpoint")
+    p.add_argument("webhook_id", type=id_argument)
     p = add(sub, "status", cmd_status, "is the server up; queue by status; latest problems")
     p.add_argument("--errors", type=count_argument(0, 100), default=5, help="how many problems to show")

@@ -18,12 +18,21 @@ import dns.asyncresolver
 
 from remails.crypto import MasterKey, generate_dkim_key, generate_ed25519_dkim_key
 from remails.db import Pool, dkim_keys, domains
+from remails.db.rows import Executor
 from remails.dns import DnsFailure, txt_lookup
 from remails.domain_records import DnsRecord, dkim_published, dkim_record
 from remails.errors import Conflict
 from remails.log import log_event
 
-__all__ = ["RotationSweep", "key_records", "new_selector", "rotate", "sweep_rotations"]
+__all__ = [
+    "RotationSweep",
+    "key_records",
+    "new_selector",
+    "prepare_rotation",
+    "rotate",
+    "start_prepared",
+    "sweep_rotations",
+]
 
 logger = logging.getLogger("remails.dkim_rotation")
 DAY = 86400.0
@@ -51,6 +60,14 @@ async def rotate(
 ) -> list[dkim_keys.DkimKey]:
     """Start a rotation: a new RSA key, and a new Ed25519 key when asked or when the domain
     already signs with one. Conflict while another rotation waits for DNS."""
+    new = await prepare_rotation(pool, master_key, domain, ed25519=ed25519)
+    return await start_prepared(pool, domain, new)
+
+
+async def prepare_rotation(
+    pool: Executor, master_key: MasterKey, domain: domains.Domain, *, ed25519: bool = False
+) -> list[dkim_keys.NewKey]:
+    """The slow part of a rotation (key generation), done before any transaction."""
     existing = await dkim_keys.keys_of_domain(pool, domain.id)
     ed25519 = ed25519 or any(k.algorithm == dkim_keys.ED25519 and k.state == "active" for k in existing)
     taken = {domain.dkim_selector, *(k.selector for k in existing)}
@@ -65,7 +82,14 @@ async def rotate(
         taken.add(selector)
         sealed = master_key.seal(pair.private_pem, context=domain.name)  # bound to the domain, as today
         new.append(dkim_keys.NewKey(selector, algorithm, sealed, pair.public_b64))
-    started = await dkim_keys.start_rotation(pool, domain.id, new)
+    return new
+
+
+async def start_prepared(
+    conn: Executor, domain: domains.Domain, new: list[dkim_keys.NewKey]
+) -> list[dkim_keys.DkimKey]:
+    """Store prepared keys as pending (in the caller's transaction, if any)."""
+    started = await dkim_keys.start_rotation(conn, domain.id, new)
     log_event(logger, "dkim rotation started", domain=domain.name, selectors=[k.selector for k in started])
     return started
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import dns.asyncresolver
 import dns.exception
+import dns.resolver
 
 from remails import return_path
 from remails.crypto import MasterKey, generate_dkim_key
 from remails.db import Pool, dkim_keys, domains, inbound
-from remails.dns import DnsFailure, txt_lookup
+from remails.db.rows import Executor, transaction
+from remails.dns import DnsFailure, describe_dns_error, txt_lookup
 from remails.domain_records import (
     DnsRecord,
     RecordCheck,
@@ -27,7 +30,20 @@ from remails.domain_records import (
 )
 from remails.errors import InvalidInput
 
-__all__ = ["add_sending_domain", "check_reason", "domain_view", "normalise_domain", "verify_sending_domain"]
+__all__ = [
+    "DomainCheck",
+    "NewDomain",
+    "add_sending_domain",
+    "check_reason",
+    "check_return_path",
+    "check_sending_domain",
+    "domain_view",
+    "normalise_domain",
+    "prepare_sending_domain",
+    "store_check",
+    "store_sending_domain",
+    "verify_sending_domain",
+]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -87,6 +103,37 @@ def domain_view(
     return view
 
 
+@dataclass(frozen=True)
+class NewDomain:
+    """A domain ready to be stored: its name and a fresh DKIM key (sealed)."""
+
+    name: str
+    selector: str
+    private_sealed: bytes
+    public_key: str
+
+    def __repr__(self) -> str:
+        return f"NewDomain(name={self.name!r}, selector={self.selector!r})"
+
+
+async def prepare_sending_domain(master_key: MasterKey, name: str) -> NewDomain:
+    """The slow part of adding a domain (key generation), done before any transaction."""
+    domain_name = normalise_domain(name)
+    key = await asyncio.to_thread(generate_dkim_key)
+    selector = "rm" + datetime.now(UTC).strftime("%Y%m")
+    sealed = master_key.seal(key.private_pem, context=domain_name)
+    return NewDomain(domain_name, selector, sealed, key.public_b64)
+
+
+async def store_sending_domain(
+    conn: Executor, org_id: UUID, project_ids: list[UUID], new: NewDomain
+) -> domains.Domain:
+    """A claim only: it blocks nobody until verified (DomainTaken if someone else verified it)."""
+    return await domains.add_domain(
+        conn, org_id, project_ids, new.name, new.selector, new.private_sealed, new.public_key
+    )
+
+
 async def add_sending_domain(
     pool: Pool,
     master_key: MasterKey,
@@ -94,12 +141,8 @@ async def add_sending_domain(
     project_ids: list[UUID],
     name: str,
 ) -> domains.Domain:
-    domain_name = normalise_domain(name)
-    key = await asyncio.to_thread(generate_dkim_key)
-    selector = "rm" + datetime.now(UTC).strftime("%Y%m")
-    sealed = master_key.seal(key.private_pem, context=domain_name)
-    # A claim only: it blocks nobody until verified (DomainTaken if someone else verified it).
-    return await domains.add_domain(pool, org_id, project_ids, domain_name, selector, sealed, key.public_b64)
+    new = await prepare_sending_domain(master_key, name)
+    return await store_sending_domain(pool, org_id, project_ids, new)
 
 
 async def _lookup(
@@ -130,17 +173,27 @@ def check_reason(record: DnsRecord, check: RecordCheck, absent: str | None) -> s
     return f"TXT record(s) at {record.name}, but none with the expected value"
 
 
-async def verify_sending_domain(
-    pool: Pool,
+@dataclass(frozen=True)
+class DomainCheck:
+    """What DNS holds for a domain, judged; stored by `store_check`."""
+
+    domain_id: UUID
+    verified: bool  # or forced
+    result: dict[str, Any]
+    return_path: tuple[dict[str, Any], bool] | None  # (result, ok) when checked
+
+
+async def check_sending_domain(
     resolver: dns.asyncresolver.Resolver,
     domain: domains.Domain,
     outbound_ips: list[str],
     *,
     force: bool = False,
     hostname: str | None = None,
-) -> tuple[domains.Domain, dict[str, Any]]:
-    """Look the records up, judge them, store the result. `force`: operator marks it verified.
-    `hostname`: also check the return-path subdomain (its MX must name this host)."""
+) -> DomainCheck:
+    """Look the records up and judge them, writing nothing (the lookups are slow: they stay
+    outside any transaction). `force`: operator marks it verified. `hostname`: also check the
+    return-path subdomain (its MX must name this host)."""
     records = _records(domain, outbound_ips)
     by_kind = {r.kind: r for r in records}
     looked_up = {r.kind: await _lookup(resolver, r.name, force) for r in records}
@@ -155,31 +208,62 @@ async def verify_sending_domain(
     }
     if force and not verified:
         result["forced"] = True
+    return_path = None
     if hostname is not None:
-        result["return_path"] = await _verify_return_path(pool, resolver, domain, outbound_ips, hostname)
-    updated = await domains.record_verification(pool, domain.id, result, verified or force)
-    return updated, result
+        return_path = await check_return_path(resolver, domain.name, outbound_ips, hostname)
+        result["return_path"] = return_path[0]
+    return DomainCheck(domain.id, verified or force, result, return_path)
 
 
-async def _verify_return_path(
+async def store_check(conn: Executor, check: DomainCheck) -> domains.Domain:
+    """Store a check's result (one transaction, or the caller's)."""
+    async with transaction(conn) as tx:
+        if check.return_path is not None:
+            await inbound.record_return_path(tx, check.domain_id, *check.return_path)
+        return await domains.record_verification(tx, check.domain_id, check.result, check.verified)
+
+
+async def verify_sending_domain(
     pool: Pool,
     resolver: dns.asyncresolver.Resolver,
     domain: domains.Domain,
     outbound_ips: list[str],
+    *,
+    force: bool = False,
+    hostname: str | None = None,
+) -> tuple[domains.Domain, dict[str, Any]]:
+    """Look the records up, judge them, store the result."""
+    check = await check_sending_domain(resolver, domain, outbound_ips, force=force, hostname=hostname)
+    return await store_check(pool, check), check.result
+
+
+async def check_return_path(
+    resolver: dns.asyncresolver.Resolver,
+    domain_name: str,
+    outbound_ips: list[str],
     hostname: str,
-) -> dict[str, Any]:
-    rp = return_path.return_path_domain(domain.name)
+    *,
+    strict: bool = False,
+) -> tuple[dict[str, Any], bool]:
+    """(what rp.<domain> holds, whether it is right): an MX naming our host and the SPF terms.
+    A failed lookup counts as not right; with `strict` (a re-check, where an unknown answer
+    must not turn a domain invalid) it raises DnsFailure instead."""
+    rp = return_path.return_path_domain(domain_name)
     records = return_path_records(rp, hostname, outbound_ips)
     try:
         answer = await resolver.resolve(rp, "MX")
         mx_hosts = [str(r.exchange) for r in answer]
-    except dns.exception.DNSException:
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        mx_hosts = []
+    except dns.exception.DNSException as exc:
+        if strict:
+            raise DnsFailure(f"MX lookup for {rp} failed: {describe_dns_error(exc)}") from exc
         mx_hosts = []
     try:
         txts, _ = await txt_lookup(resolver, rp)
     except DnsFailure:  # unknown, like a failed MX lookup above: not verified, not an error
+        if strict:
+            raise
         txts = []
     ok = return_path_ok(records, mx_hosts, txts)
-    result = {"domain": rp, "verified": ok, "mx": mx_hosts, "txt": txts}
-    await inbound.record_return_path(pool, domain.id, result, ok)
-    return result
+    return {"domain": rp, "verified": ok, "mx": mx_hosts, "txt": txts}, ok

@@ -5,6 +5,7 @@ and the CLI alike. The secret is returned once, to be shown to the customer, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import UUID, uuid4
 
 from remails.config import Settings
@@ -17,9 +18,12 @@ from remails.webhook_targets import check_target
 
 __all__ = [
     "ROTATION_GRACE_SECONDS",
+    "NewEndpoint",
     "create_endpoint",
     "open_secrets",
+    "prepare_endpoint",
     "rotate_secret",
+    "store_endpoint",
 ]
 
 ROTATION_GRACE_SECONDS = 24 * 3600  # the previous secret keeps signing this long after a rotation
@@ -39,6 +43,32 @@ def open_secrets(master_key: MasterKey, endpoint_id: UUID, sealed: list[bytes]) 
     return [master_key.open(s, context=_context(endpoint_id)).decode() for s in sealed]
 
 
+@dataclass(frozen=True)
+class NewEndpoint:
+    """An endpoint ready to be stored: its URL was checked, its secret made and sealed."""
+
+    id: UUID
+    url: str
+    secret: str
+    sealed: bytes
+
+    def __repr__(self) -> str:
+        return f"NewEndpoint(id={self.id}, url=…)"
+
+
+async def prepare_endpoint(settings: Settings, master_key: MasterKey, url: str) -> NewEndpoint:
+    """The slow part (the target's DNS), done before any transaction. Raises `UnsafeTarget`
+    for a URL we would refuse to call."""
+    await check_target(settings, url)
+    endpoint_id = uuid4()  # chosen here: the sealed secret is bound to the endpoint's id
+    secret = generate_webhook_secret()
+    return NewEndpoint(endpoint_id, url, secret, _seal(master_key, endpoint_id, secret))
+
+
+async def store_endpoint(conn: Executor, new: NewEndpoint, project_id: UUID, events: list[str]) -> Endpoint:
+    return await webhook_endpoints.create_endpoint(conn, new.id, project_id, new.url, events, new.sealed)
+
+
 async def create_endpoint(
     pool: Executor,
     settings: Settings,
@@ -48,13 +78,8 @@ async def create_endpoint(
     events: list[str],
 ) -> tuple[Endpoint, str]:
     """(the endpoint, its secret). Raises `UnsafeTarget` for a URL we would refuse to call."""
-    await check_target(settings, url)
-    secret = generate_webhook_secret()
-    endpoint_id = uuid4()  # chosen here: the sealed secret is bound to the endpoint's id
-    endpoint = await webhook_endpoints.create_endpoint(
-        pool, endpoint_id, project_id, url, events, _seal(master_key, endpoint_id, secret)
-    )
-    return endpoint, secret
+    new = await prepare_endpoint(settings, master_key, url)
+    return await store_endpoint(pool, new, project_id, events), new.secret
 
 
 async def rotate_secret(pool: Executor, master_key: MasterKey, endpoint_id: UUID) -> str | None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from fastapi import APIRouter, Query
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 from functions.api.auth import Caller, Ctx, Principal
 from remails.context import Context
 from remails.db import audit
+from remails.db.audit import url_origin
 from remails.db.rows import Executor
 from remails.errors import InvalidInput
 
@@ -24,17 +24,11 @@ __all__ = ["actor_of", "changing", "router", "url_origin"]
 router = APIRouter(tags=["organizations"])
 
 
-def url_origin(url: str) -> str:
-    """A URL as the audit log keeps it: scheme and host only — paths and queries of webhook
-    URLs often carry tokens, and credentials in the authority never belong in a log."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/…"
-
-
 def actor_of(caller: Principal) -> audit.Actor:
-    """The operator's admin token acts as the operator; any other key as itself."""
+    """A dashboard user acts as that user (the operator's too); the operator's admin token as
+    the operator; any other key as itself."""
+    if caller.user:
+        return audit.Actor("user", str(caller.key_id), caller.client_ip)
     if caller.super_admin:
         return audit.Actor("operator", str(caller.key_id), caller.client_ip)
     return audit.Actor("api_key", str(caller.key_id), caller.client_ip)

@@ -57,6 +57,7 @@ class Principal:
     role: str
     project_id: UUID | None  # a key limited to one project
     client_ip: str | None = None  # where the request came from (for the audit log)
+    user: bool = False  # a dashboard user acting with their role (key_id is the user's id)
 
     @property
     def super_admin(self) -> bool:

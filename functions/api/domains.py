@@ -12,10 +12,16 @@ from functions.api.models import DomainCreate, DomainOut, DomainVerification
 from functions.api.organizations import organization_of
 from remails.context import Context
 from remails.db import audit, dkim_keys, domains, orgs
-from remails.dkim_rotation import rotate
+from remails.dkim_rotation import prepare_rotation, start_prepared
 from remails.dns import make_resolver
 from remails.errors import NotFound
-from remails.sending_domains import add_sending_domain, domain_view, verify_sending_domain
+from remails.sending_domains import (
+    check_sending_domain,
+    domain_view,
+    prepare_sending_domain,
+    store_check,
+    store_sending_domain,
+)
 
 router = APIRouter(tags=["domains"])
 
@@ -51,14 +57,14 @@ async def add_domain(org_id: UUID, body: DomainCreate, ctx: Ctx, caller: Caller)
         project = await orgs.get_project(ctx.pool, project_id)
         if project is None or project.organization_id != org_id:
             raise NotFound(f"no project {project_id} in this organization", field="project_ids")
-    domain = await add_sending_domain(
-        ctx.pool, ctx.master_key, org_id, list(dict.fromkeys(body.project_ids)), body.domain
-    )
-    # Its own statement: the claim's key is generated outside any transaction.
-    details = {"domain": domain.name, "project_ids": body.project_ids}
-    await audit.record(
-        ctx.pool, actor_of(caller), "domain.create", organization_id=org_id, target=domain.id, details=details
-    )
+    new = await prepare_sending_domain(ctx.master_key, body.domain)  # the key, before the transaction
+    project_ids = list(dict.fromkeys(body.project_ids))
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        domain = await store_sending_domain(conn, org_id, project_ids, new)
+        details = {"domain": domain.name, "project_ids": project_ids}
+        await audit.record(
+            conn, actor_of(caller), "domain.create", organization_id=org_id, target=domain.id, details=details
+        )
     return await _out(ctx, domain)
 
 
@@ -76,24 +82,13 @@ async def get_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> DomainOut:
 @router.post("/v1/domains/{domain_id}/verify", response_model=DomainVerification)
 async def verify_domain(domain_id: UUID, ctx: Ctx, caller: Caller) -> DomainVerification:
     domain = await _domain_of(ctx, caller, domain_id, "maintainer")
-    _, result = await verify_sending_domain(
-        ctx.pool,
-        make_resolver(ctx.settings),
-        domain,
-        ctx.settings.outbound_ips,
-        hostname=ctx.settings.hostname,
+    check = await check_sending_domain(  # the DNS lookups, before the transaction
+        make_resolver(ctx.settings), domain, ctx.settings.outbound_ips, hostname=ctx.settings.hostname
     )
-    # Its own statement: the DNS lookups are not held inside a transaction.
-    details = {"domain": domain.name, "verified": result["verified"]}
-    await audit.record(
-        ctx.pool,
-        actor_of(caller),
-        "domain.verify",
-        organization_id=domain.organization_id,
-        target=domain.id,
-        details=details,
-    )
-    return DomainVerification.model_validate(result)
+    details = {"domain": domain.name, "verified": check.verified}
+    async with changing(ctx, caller, "domain.verify", domain.organization_id, domain.id, details) as conn:
+        await store_check(conn, check)
+    return DomainVerification.model_validate(check.result)
 
 
 @router.post("/v1/domains/{domain_id}/rotate-key", response_model=DomainOut)
@@ -102,16 +97,18 @@ async def rotate_key(domain_id: UUID, ctx: Ctx, caller: Caller, ed25519: bool = 
     holds it; `ed25519=true` adds an Ed25519 key (RFC 8463) signing beside RSA. 409 while a
     rotation waits for DNS."""
     domain = await _domain_of(ctx, caller, domain_id, "admin")
-    started = await rotate(ctx.pool, ctx.master_key, domain, ed25519=ed25519)
-    details = {"domain": domain.name, "selectors": [k.selector for k in started]}
-    await audit.record(
-        ctx.pool,
-        actor_of(caller),
-        "domain.rotate_key",
-        organization_id=domain.organization_id,
-        target=domain.id,
-        details=details,
-    )
+    new = await prepare_rotation(ctx.pool, ctx.master_key, domain, ed25519=ed25519)  # keys first
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        started = await start_prepared(conn, domain, new)
+        details = {"domain": domain.name, "selectors": [k.selector for k in started]}
+        await audit.record(
+            conn,
+            actor_of(caller),
+            "domain.rotate_key",
+            organization_id=domain.organization_id,
+            target=domain.id,
+            details=details,
+        )
     return await _out(ctx, domain)
 
 

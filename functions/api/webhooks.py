@@ -116,20 +116,20 @@ def _disabled() -> Conflict:
 @router.post("/v1/projects/{project_id}/webhooks", status_code=201, response_model=WebhookCreated)
 async def create_webhook(project_id: UUID, body: WebhookCreate, ctx: Ctx, caller: Caller) -> WebhookCreated:
     project = await project_of(ctx, caller, project_id, "admin")
-    endpoint, secret = await webhook_endpoints.create_endpoint(
-        ctx.pool, ctx.settings, ctx.master_key, project_id, body.url, [str(e) for e in body.events]
-    )
-    # Its own statement: the target's address is checked (DNS) before, outside any transaction.
-    details = {"project_id": project_id, "url": url_origin(endpoint.url), "events": endpoint.events}
-    await audit.record(
-        ctx.pool,
-        actor_of(caller),
-        "webhook.create",
-        organization_id=project.organization_id,
-        target=endpoint.id,
-        details=details,
-    )
-    return WebhookCreated(**_out(endpoint), secret=secret)
+    new = await webhook_endpoints.prepare_endpoint(ctx.settings, ctx.master_key, body.url)  # DNS first
+    events = [str(e) for e in body.events]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        endpoint = await webhook_endpoints.store_endpoint(conn, new, project_id, events)
+        details = {"project_id": project_id, "url": url_origin(endpoint.url), "events": endpoint.events}
+        await audit.record(
+            conn,
+            actor_of(caller),
+            "webhook.create",
+            organization_id=project.organization_id,
+            target=endpoint.id,
+            details=details,
+        )
+    return WebhookCreated(**_out(endpoint), secret=new.secret)
 
 
 @router.get("/v1/projects/{project_id}/webhooks", response_model=list[WebhookOut])
@@ -200,11 +200,13 @@ async def resend_delivery(webhook_id: UUID, delivery_id: UUID, ctx: Ctx, caller:
     endpoint = await _endpoint_of(ctx, caller, webhook_id, "maintainer")
     if not endpoint.enabled:
         raise _disabled()
-    outcome = await webhook_deliveries.resend(ctx.pool, webhook_id, delivery_id)
-    if outcome == "not_found":
-        raise NotFound("no such delivery")
-    if outcome == "busy":  # disabled meanwhile, or an attempt is in flight
-        raise Conflict("the delivery is being sent, or the endpoint was disabled; try again later")
+    details = {"delivery_id": delivery_id}
+    async with changing(ctx, caller, "webhook.resend", endpoint.organization_id, webhook_id, details) as conn:
+        outcome = await webhook_deliveries.resend(conn, webhook_id, delivery_id)
+        if outcome == "not_found":
+            raise NotFound("no such delivery")
+        if outcome == "busy":  # disabled meanwhile, or an attempt is in flight
+            raise Conflict("the delivery is being sent, or the endpoint was disabled; try again later")
     _send_soon(ctx)
     return Response(status_code=202)
 
@@ -219,9 +221,10 @@ async def send_test(webhook_id: UUID, ctx: Ctx, caller: Caller) -> TestSent:
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "data": {"project_id": str(endpoint.project_id), "message": "a test event from Remails"},
     }
-    delivery_id = await webhook_deliveries.enqueue_test(ctx.pool, webhook_id, payload)
-    if delivery_id is None:  # disabled (or deleted) since it was read
-        raise _disabled()
+    async with changing(ctx, caller, "webhook.test", endpoint.organization_id, webhook_id) as conn:
+        delivery_id = await webhook_deliveries.enqueue_test(conn, webhook_id, payload)
+        if delivery_id is None:  # disabled (or deleted) since it was read
+            raise _disabled()
     _send_soon(ctx)
     return TestSent(delivery_id=delivery_id)
 

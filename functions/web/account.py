@@ -7,7 +7,15 @@ from starlette.responses import Response
 
 from functions.web.login import second_factor_ok, totp_context
 from functions.web.render import PageRoute, page, redirect
-from functions.web.session import SESSION_COOKIE, check_csrf, ctx_of, read_form, set_cookie, visitor
+from functions.web.session import (
+    SESSION_COOKIE,
+    check_csrf,
+    ctx_of,
+    read_form,
+    set_cookie,
+    user_actor,
+    visitor,
+)
 from remails.accounts import (
     hash_password,
     new_recovery_codes,
@@ -18,7 +26,8 @@ from remails.accounts import (
     totp_uri,
     verify_password,
 )
-from remails.db import sessions, users
+from remails.db import audit, sessions, users
+from remails.db.rows import transaction
 from remails.errors import Forbidden
 
 __all__ = ["router"]
@@ -44,10 +53,14 @@ async def change_password(request: Request) -> Response:
     problem = password_problem(new)
     if problem:
         return page(request, "account.html", 422, who=who, error=problem.capitalize() + ".")
-    await users.set_password(ctx.pool, who.user.id, hash_password(new))  # ends every session
-    _, token = await sessions.create_session(
-        ctx.pool, who.user.id, second_factor=True, lifetime_seconds=ctx.settings.session_seconds
-    )
+    async with transaction(ctx.pool) as conn:
+        await users.set_password(conn, who.user.id, hash_password(new))  # ends every session
+        _, token = await sessions.create_session(
+            conn, who.user.id, second_factor=True, lifetime_seconds=ctx.settings.session_seconds
+        )
+        await audit.record_for_user(
+            conn, user_actor(request, who.user.id), "user.password_change", who.user.id
+        )
     response = redirect("/account?changed=1")
     set_cookie(request, response, SESSION_COOKIE, token, max_age=int(ctx.settings.session_seconds))
     return response
@@ -59,9 +72,12 @@ async def start_two_factor(request: Request) -> Response:
     who = await visitor(request)
     check_csrf(request, await read_form(request), who)
     secret = new_totp_secret()
-    await users.set_totp_pending(
-        ctx.pool, who.user.id, ctx.master_key.seal(secret.encode(), context=totp_context(who.user.id))
-    )
+    sealed = ctx.master_key.seal(secret.encode(), context=totp_context(who.user.id))
+    async with transaction(ctx.pool) as conn:
+        await users.set_totp_pending(conn, who.user.id, sealed)
+        await audit.record_for_user(
+            conn, user_actor(request, who.user.id), "user.two_factor_start", who.user.id
+        )
     return page(
         request,
         "two_factor.html",
@@ -96,8 +112,12 @@ async def confirm_two_factor(request: Request) -> Response:
         )
     codes = new_recovery_codes()
     # Stored as typed at sign-in (no dash, lower case), so `abcde-fghij` and `ABCDEFGHIJ` both work.
-    if not await users.enable_totp(ctx.pool, who.user.id, pending, step, [normalise_code(c) for c in codes]):
-        return redirect("/account")
+    async with transaction(ctx.pool) as conn:
+        if not await users.enable_totp(conn, who.user.id, pending, step, [normalise_code(c) for c in codes]):
+            return redirect("/account")
+        await audit.record_for_user(
+            conn, user_actor(request, who.user.id), "user.two_factor_enable", who.user.id
+        )
     return page(request, "recovery_codes.html", who=who, title="Recovery codes", codes=codes)
 
 
@@ -109,5 +129,9 @@ async def disable_two_factor(request: Request) -> Response:
     check_csrf(request, form, who)
     if not await second_factor_ok(ctx, who.user, form.text("code", max_length=40)):
         raise Forbidden("that code is not valid")
-    await users.disable_totp(ctx.pool, who.user.id)
+    async with transaction(ctx.pool) as conn:
+        await users.disable_totp(conn, who.user.id)
+        await audit.record_for_user(
+            conn, user_actor(request, who.user.id), "user.two_factor_disable", who.user.id
+        )
     return redirect("/account")

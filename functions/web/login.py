@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from functions.api.auth import refuse_if_frozen
 from functions.web.render import PageRoute, page, redirect
 from functions.web.session import (
     PRE_COOKIE,
@@ -19,6 +20,7 @@ from functions.web.session import (
     pre_session_token,
     read_form,
     set_cookie,
+    user_actor,
     visitor,
 )
 from remails.accounts import (
@@ -31,7 +33,8 @@ from remails.accounts import (
     verify_password,
 )
 from remails.context import Context
-from remails.db import orgs, sessions, users
+from remails.db import audit, orgs, sessions, users
+from remails.db.rows import Executor, transaction
 from remails.errors import InvalidInput, NotFound, RateLimited
 from remails.log import log_event
 
@@ -58,10 +61,17 @@ def _client(request: Request) -> str:
 
 
 async def _start_session(
-    request: Request, ctx: Context, user: users.User, to: str, *, second_factor: bool
+    request: Request,
+    ctx: Context,
+    user: users.User,
+    to: str,
+    *,
+    second_factor: bool,
+    conn: Executor | None = None,
 ) -> Response:
+    """A new session's cookie; `conn`: in the caller's transaction (with its audit entry)."""
     _, token = await sessions.create_session(
-        ctx.pool, user.id, second_factor=second_factor, lifetime_seconds=ctx.settings.session_seconds
+        conn or ctx.pool, user.id, second_factor=second_factor, lifetime_seconds=ctx.settings.session_seconds
     )
     response = redirect(to)
     set_cookie(request, response, SESSION_COOKIE, token, max_age=int(ctx.settings.session_seconds))
@@ -120,16 +130,38 @@ async def login(request: Request) -> Response:
         )
     user = await users.get_user_by_email(ctx.pool, email)
     if not verify_password(user.password_hash if user else None, password) or user is None:
-        await users.record_login_failure(ctx.pool, email, client)
-        log_event(logger, "login_failed", client=client)
+        await _login_failed(request, ctx, email, user, "password")
         return _login_page(request, 401, email=email, error="Wrong email or password.")
     await users.clear_login_failures(ctx.pool, email)
     await sessions.purge_expired(ctx.pool)  # sign-ins are rare enough to carry the clean-up
     to = _safe_next(form.get("next"))
-    if user.two_factor:
+    if user.two_factor:  # signed in once the code is given, and logged then
         return await _start_session(request, ctx, user, "/login/code?next=" + to, second_factor=False)
     log_event(logger, "login", user_id=str(user.id))
-    return await _start_session(request, ctx, user, to, second_factor=True)
+    async with transaction(ctx.pool) as conn:
+        await audit.record_for_user(conn, user_actor(request, user.id), "user.login", user.id)
+        return await _start_session(request, ctx, user, to, second_factor=True, conn=conn)
+
+
+async def _login_failed(
+    request: Request, ctx: Context, email: str, user: users.User | None, reason: str
+) -> None:
+    """Counted for the throttle and logged for the account's organizations (the attempted
+    address only when it is no account's) — never the password."""
+    client = _client(request)
+    async with transaction(ctx.pool) as conn:
+        await users.record_login_failure(conn, email, client)
+        details = {"reason": reason}
+        if user is None:
+            actor = user_actor(request, None)
+            await audit.record(
+                conn, actor, "user.login_failed", organization_id=None, details={**details, "email": email}
+            )
+        else:
+            await audit.record_for_user(
+                conn, user_actor(request, user.id), "user.login_failed", user.id, details=details
+            )
+    log_event(logger, "login_failed", client=client)
 
 
 @router.get("/login/code")
@@ -162,14 +194,18 @@ async def code(request: Request) -> Response:
         await sessions.delete_session(ctx.pool, who.token)
         return redirect("/login")
     if not await second_factor_ok(ctx, who.user, form.text("code", max_length=40)):
-        await users.record_login_failure(ctx.pool, who.user.email, client)
+        await _login_failed(request, ctx, who.user.email, who.user, "second_factor")
         return page(request, "code.html", 401, csrf=who.csrf, error="That code is not valid.")
-    # A new token once both factors are proven: the half-signed-in one is never promoted.
-    await sessions.delete_session(ctx.pool, who.token)
     log_event(logger, "login", user_id=str(who.user.id), second_factor=True)
-    return await _start_session(
-        request, ctx, who.user, _safe_next(request.query_params.get("next")), second_factor=True
-    )
+    to = _safe_next(request.query_params.get("next"))
+    async with transaction(ctx.pool) as conn:
+        # A new token once both factors are proven: the half-signed-in one is never promoted.
+        await sessions.delete_session(conn, who.token)
+        details = {"second_factor": True}
+        await audit.record_for_user(
+            conn, user_actor(request, who.user.id), "user.login", who.user.id, details=details
+        )
+        return await _start_session(request, ctx, who.user, to, second_factor=True, conn=conn)
 
 
 @router.post("/logout")
@@ -177,7 +213,9 @@ async def logout(request: Request) -> Response:
     ctx = ctx_of(request)
     who = await visitor(request, second_factor_done=False)
     check_csrf(request, await read_form(request), who)
-    await sessions.delete_session(ctx.pool, who.token)
+    async with transaction(ctx.pool) as conn:
+        await sessions.delete_session(conn, who.token)
+        await audit.record_for_user(conn, user_actor(request, who.user.id), "user.logout", who.user.id)
     response = redirect("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -188,7 +226,15 @@ async def logout_everywhere(request: Request) -> Response:
     ctx = ctx_of(request)
     who = await visitor(request)
     check_csrf(request, await read_form(request), who)
-    ended = await sessions.delete_user_sessions(ctx.pool, who.user.id)
+    async with transaction(ctx.pool) as conn:
+        ended = await sessions.delete_user_sessions(conn, who.user.id)
+        await audit.record_for_user(
+            conn,
+            user_actor(request, who.user.id),
+            "user.logout_everywhere",
+            who.user.id,
+            details={"sessions": ended},
+        )
     log_event(logger, "logout_everywhere", user_id=str(who.user.id), sessions=ended)
     response = redirect("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
@@ -219,11 +265,23 @@ async def signup(request: Request) -> Response:
         return anonymous_page(
             request, "signup.html", 422, email=email, organization=organization, error=problem
         )
-    user = await users.create_user(ctx.pool, email, hash_password(password))
-    org = await orgs.create_organization(ctx.pool, organization)
-    await users.set_membership(ctx.pool, org.id, user.id, "admin")
+    async with transaction(ctx.pool) as conn:
+        user = await users.create_user(conn, email, hash_password(password))
+        org = await orgs.create_organization(conn, organization, ctx.settings.default_monthly_quota)
+        await users.set_membership(conn, org.id, user.id, "admin")
+        actor = user_actor(request, user.id)
+        details = {"name": org.name, "monthly_quota": org.monthly_quota}
+        await audit.record(
+            conn, actor, "organization.create", organization_id=org.id, target=org.id, details=details
+        )
+        await audit.record(
+            conn, actor, "user.signup", organization_id=org.id, target=user.id, details={"email": user.email}
+        )
+        response = await _start_session(
+            request, ctx, user, f"/orgs/{org.id}/projects", second_factor=True, conn=conn
+        )
     log_event(logger, "signup", user_id=str(user.id), organization_id=str(org.id))
-    return await _start_session(request, ctx, user, f"/orgs/{org.id}/projects", second_factor=True)
+    return response
 
 
 async def _signed_in(request: Request) -> Visitor | None:
@@ -262,19 +320,43 @@ async def accept(token: str, request: Request) -> Response:
     form = await read_form(request)
     who = await _signed_in(request)
     check_csrf(request, form, who)
+    await refuse_if_frozen(ctx, invite.organization_id)  # joining is a change of the organization
     if who is not None:
-        joined = await users.accept_invitation(ctx.pool, token, who.user.id)
-        if joined is None:
-            raise NotFound("this invitation has been used or has expired")
-        return redirect(f"/orgs/{joined}/projects")
+        async with transaction(ctx.pool) as conn:
+            await _join(request, conn, token, invite, who.user)
+        return redirect(f"/orgs/{invite.organization_id}/projects")
     if await users.get_user_by_email(ctx.pool, invite.email) is not None:
         return redirect(f"/login?next=/invite/{token}")
     password = form.get("password", "")
     problem = password_problem(password)
     if problem:
         raise InvalidInput(problem, field="password")
-    user = await users.create_user(ctx.pool, invite.email, hash_password(password))
-    joined = await users.accept_invitation(ctx.pool, token, user.id)
-    if joined is None:
+    async with transaction(ctx.pool) as conn:
+        user = await users.create_user(conn, invite.email, hash_password(password))
+        await _join(request, conn, token, invite, user, new_user=True)
+        return await _start_session(
+            request, ctx, user, f"/orgs/{invite.organization_id}/projects", second_factor=True, conn=conn
+        )
+
+
+async def _join(
+    request: Request,
+    conn: Executor,
+    token: str,
+    invite: users.Invitation,
+    user: users.User,
+    *,
+    new_user: bool = False,
+) -> None:
+    """Spend the invitation for `user`, with its audit entry (NotFound when it is spent)."""
+    if await users.accept_invitation(conn, token, user.id) is None:
         raise NotFound("this invitation has been used or has expired")
-    return await _start_session(request, ctx, user, f"/orgs/{joined}/projects", second_factor=True)
+    details = {"email": invite.email, "role": invite.role, "new_user": new_user}
+    await audit.record(
+        conn,
+        user_actor(request, user.id),
+        "invitation.accept",
+        organization_id=invite.organization_id,
+        target=user.id,
+        details=details,
+    )

@@ -13,7 +13,7 @@ from functions.api.models import OrganizationCreate, OrganizationUpdate, Project
 from functions.web.mail import send_system_mail
 from functions.web.render import PageRoute, page, redirect
 from functions.web.scope import OrgScope, org_action, org_page, parse_id
-from functions.web.session import Form, check_csrf, ctx_of, read_form, visitor
+from functions.web.session import Form, check_csrf, client_ip, ctx_of, read_form, visitor
 from remails.accounts import normalise_email
 from remails.crypto import generate_secret
 from remails.db import orgs, users
@@ -40,10 +40,10 @@ async def home(request: Request) -> Response:
     return page(request, "home.html", who=who, listed=listed, title="Organizations")
 
 
-def _operator(user: users.User) -> Principal:
+def _operator(request: Request, user: users.User) -> Principal:
     if not user.operator:
         raise Forbidden("only the operator may do this")
-    return Principal(user.id, None, "admin", None)
+    return Principal(user.id, None, "admin", None, client_ip(request), user=True)
 
 
 @router.post("/organizations")
@@ -52,7 +52,7 @@ async def create_organization(request: Request) -> Response:
     who = await visitor(request)
     form = await read_form(request)
     check_csrf(request, form, who)
-    caller = _operator(who.user)
+    caller = _operator(request, who.user)
     body = OrganizationCreate(name=form.text("name", max_length=100))
     org = await api_orgs.create_organization(body, ctx, caller)
     return redirect(f"/orgs/{org.id}/projects")
@@ -128,7 +128,8 @@ async def invite(org_id: UUID, request: Request) -> Response:
     if "@" not in email:
         raise InvalidInput("is not an e-mail address", field="email")
     token = generate_secret(24)
-    await users.create_invitation(scope.ctx.pool, org_id, email, role, token, INVITATION_SECONDS)
+    async with scope.changing("invitation.create", details={"email": email, "role": role}) as conn:
+        await users.create_invitation(conn, org_id, email, role, token, INVITATION_SECONDS)
     link = f"{request.base_url}invite/{token}"
     text = (
         f"{scope.who.user.email} invites you to the organization {scope.org.name} on Remails,"
@@ -156,7 +157,9 @@ async def change_role(org_id: UUID, request: Request) -> Response:
         raise InvalidInput("is not a role", field="role")
     if current == "admin" and role != "admin" and await users.count_admins(scope.ctx.pool, org_id) <= 1:
         raise Conflict("the organization needs at least one admin")
-    await users.set_membership(scope.ctx.pool, org_id, user_id, role)
+    details = {"role": role, "was": current}
+    async with scope.changing("member.update", user_id, details) as conn:
+        await users.set_membership(conn, org_id, user_id, role)
     return redirect(f"/orgs/{org_id}/members")
 
 
@@ -165,5 +168,6 @@ async def remove_member(org_id: UUID, request: Request) -> Response:
     scope, _, user_id, current = await _member_change(request, org_id)
     if current == "admin" and await users.count_admins(scope.ctx.pool, org_id) <= 1:
         raise Conflict("the organization needs at least one admin")
-    await users.delete_membership(scope.ctx.pool, org_id, user_id)
+    async with scope.changing("member.delete", user_id, {"role": current}) as conn:
+        await users.delete_membership(conn, org_id, user_id)
     return redirect(f"/orgs/{org_id}/members")

@@ -11,10 +11,11 @@ from starlette.responses import Response
 from functions.web.login import anonymous_page
 from functions.web.mail import send_system_mail
 from functions.web.render import PageRoute, redirect
-from functions.web.session import check_csrf, ctx_of, read_form
+from functions.web.session import check_csrf, ctx_of, read_form, user_actor
 from remails.accounts import hash_password, normalise_email, password_problem
 from remails.crypto import generate_secret
-from remails.db import users
+from remails.db import audit, users
+from remails.db.rows import transaction
 from remails.errors import NotFound
 from remails.log import log_event
 
@@ -45,7 +46,11 @@ async def forgot(request: Request) -> Response:
         and await users.count_recent_resets(ctx.pool, user.id, 3600) < RESETS_PER_HOUR
     ):
         token = generate_secret(24)
-        await users.create_password_reset(ctx.pool, user.id, token, RESET_SECONDS)
+        async with transaction(ctx.pool) as conn:
+            await users.create_password_reset(conn, user.id, token, RESET_SECONDS)
+            # Asked by whoever knows the address: no actor id, the account is the target.
+            actor = user_actor(request, None)
+            await audit.record_for_user(conn, actor, "user.password_reset_requested", user.id, target=user.id)
         link = f"{request.base_url}login/reset/{token}"
         text = (
             "Someone (hopefully you) asked to reset the password of your Remails account.\n\n"
@@ -73,8 +78,10 @@ async def reset(token: str, request: Request) -> Response:
     problem = password_problem(password)
     if problem:
         return anonymous_page(request, "reset.html", 422, token=token, error=problem.capitalize() + ".")
-    user_id = await users.use_password_reset(ctx.pool, token[:100], hash_password(password))
-    if user_id is None:
-        raise NotFound("this link has been used or has expired; ask for a new one")
+    async with transaction(ctx.pool) as conn:
+        user_id = await users.use_password_reset(conn, token[:100], hash_password(password))
+        if user_id is None:
+            raise NotFound("this link has been used or has expired; ask for a new one")
+        await audit.record_for_user(conn, user_actor(request, user_id), "user.password_reset", user_id)
     log_event(logger, "password reset", user_id=str(user_id))
     return redirect("/login?reset=1")

@@ -3,17 +3,29 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from fastapi import Request
 
-from functions.api.auth import Principal
+from functions.api.audit_log import changing
+from functions.api.auth import Principal, refuse_if_frozen
 from functions.api.organizations import organization_of
-from functions.web.session import Form, Visitor, check_csrf, ctx_of, principal_in, read_form, visitor
+from functions.web.session import (
+    Form,
+    Visitor,
+    check_csrf,
+    client_ip,
+    ctx_of,
+    principal_in,
+    read_form,
+    visitor,
+)
 from remails.context import Context
 from remails.db import orgs
+from remails.db.rows import Executor
 from remails.errors import Forbidden, NotFound
 
 __all__ = ["OrgScope", "org_action", "org_page", "parse_id"]
@@ -33,6 +45,12 @@ class OrgScope:
             return False
         return True
 
+    def changing(
+        self, action: str, target: UUID | str | None = None, details: dict[str, Any] | None = None
+    ) -> AbstractAsyncContextManager[Executor]:
+        """A transaction for a change the dashboard makes itself, with its audit entry."""
+        return changing(self.ctx, self.caller, action, self.org.id, target, details)
+
     def values(self, section: str, **more: Any) -> dict[str, Any]:
         """What every organization template gets."""
         return {"who": self.who, "org": self.org, "section": section, "may": self.may, **more}
@@ -41,18 +59,23 @@ class OrgScope:
 async def org_page(request: Request, org_id: UUID, role: str = "read_only") -> OrgScope:
     ctx = ctx_of(request)
     who = await visitor(request)
-    caller = await principal_in(ctx, who, org_id)
+    caller = await principal_in(ctx, who, org_id, client_ip(request))
     return OrgScope(ctx, who, caller, await organization_of(ctx, caller, org_id, role))
 
 
 async def org_action(request: Request, org_id: UUID, role: str) -> tuple[OrgScope, Form]:
-    """A state change: the CSRF token is checked before anything else is looked at."""
+    """A state change: the CSRF token is checked before anything else is looked at; an
+    organization under a `full` block changes nothing (403), as through the API — the
+    operator excepted, who must be able to lift it."""
     ctx = ctx_of(request)
     who = await visitor(request)
     form = await read_form(request)
     check_csrf(request, form, who)
-    caller = await principal_in(ctx, who, org_id)
-    return OrgScope(ctx, who, caller, await organization_of(ctx, caller, org_id, role)), form
+    caller = await principal_in(ctx, who, org_id, client_ip(request))
+    scope = OrgScope(ctx, who, caller, await organization_of(ctx, caller, org_id, role))
+    if not caller.super_admin:
+        await refuse_if_frozen(ctx, org_id)
+    return scope, form
 
 
 def parse_id(text: str | None, field: str) -> UUID:

@@ -18,7 +18,7 @@ from functions.api.auth import Principal
 from remails.accounts import csrf_matches, csrf_token
 from remails.context import Context
 from remails.crypto import generate_secret
-from remails.db import sessions, users
+from remails.db import audit, sessions, users
 from remails.errors import Forbidden, InvalidInput, NotFound
 
 __all__ = [
@@ -28,12 +28,14 @@ __all__ = [
     "LoginRequired",
     "Visitor",
     "check_csrf",
+    "client_ip",
     "ctx_of",
     "pre_session_token",
     "principal_in",
     "read_form",
     "served_over_https",
     "set_cookie",
+    "user_actor",
     "visitor",
 ]
 
@@ -160,12 +162,23 @@ def _login_target(request: Request) -> str:
     return "/login?" + urllib.parse.urlencode({"next": path})
 
 
-async def principal_in(ctx: Context, who: Visitor, org_id: UUID) -> Principal:
+def client_ip(request: Request) -> str | None:
+    """The browser's address, for the audit log and the sign-in throttle."""
+    return request.client.host if request.client else None
+
+
+def user_actor(request: Request, user_id: UUID | None) -> audit.Actor:
+    """The audit log's actor for a person at this browser (None: a sign-in for no account)."""
+    return audit.Actor("user", None if user_id is None else str(user_id), client_ip(request))
+
+
+async def principal_in(ctx: Context, who: Visitor, org_id: UUID, client: str | None = None) -> Principal:
     """The user as a principal of `org_id` with their membership role (the operator as the
-    super-admin); NotFound when they are no member, as for another tenant's API key."""
+    super-admin); NotFound when they are no member, as for another tenant's API key. Its
+    changes are logged as the user's, from `client`."""
     if who.user.operator:
-        return Principal(who.user.id, None, "admin", None)
+        return Principal(who.user.id, None, "admin", None, client, user=True)
     role = await users.get_membership(ctx.pool, who.user.id, org_id)
     if role is None:
         raise NotFound("no such organization")
-    return Principal(who.user.id, org_id, role, None)
+    return Principal(who.user.id, org_id, role, None, client, user=True)

@@ -11,11 +11,21 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from remails.db.rows import Executor
 
-__all__ = ["Actor", "AuditEntry", "AuditPage", "list_entries", "operator_cli", "record"]
+__all__ = [
+    "Actor",
+    "AuditEntry",
+    "AuditPage",
+    "list_entries",
+    "operator_cli",
+    "record",
+    "record_for_user",
+    "url_origin",
+]
 
 ActorKind = Literal["api_key", "user", "operator"]
 
@@ -28,6 +38,15 @@ class Actor:
     kind: ActorKind
     id: str | None = None
     client_ip: str | None = None
+
+
+def url_origin(url: str) -> str:
+    """A URL as the audit log keeps it: scheme and host only — paths and queries of webhook
+    URLs often carry tokens, and credentials in the authority never belong in a log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
 
 
 def operator_cli() -> Actor:
@@ -65,6 +84,42 @@ async def record(
     await conn.execute(
         _RECORD,
         organization_id,
+        actor.kind,
+        actor.id,
+        actor.client_ip,
+        action,
+        None if target is None else str(target),
+        json.loads(json.dumps(details or {}, default=str)),
+    )
+
+
+# record_for_user: one entry in each organization the user belongs to (each organization's
+# admins see what concerns their member), or one with no organization for a user in none.
+_RECORD_FOR_USER = """
+WITH orgs AS (
+    SELECT organization_id FROM memberships WHERE user_id = $1
+    UNION ALL
+    SELECT NULL::uuid WHERE NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)
+)
+INSERT INTO audit_log (organization_id, actor_kind, actor_id, client_ip, action, target, details)
+SELECT organization_id, $2, $3, $4::inet, $5, $6, $7 FROM orgs
+"""
+
+
+async def record_for_user(
+    conn: Executor,
+    actor: Actor,
+    action: str,
+    user_id: UUID,
+    *,
+    target: UUID | str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append an entry about a user's own account (sign-in, password, two-factor) to the log
+    of every organization they belong to; call it in the transaction of the change."""
+    await conn.execute(
+        _RECORD_FOR_USER,
+        user_id,
         actor.kind,
         actor.id,
         actor.client_ip,

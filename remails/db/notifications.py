@@ -116,6 +116,7 @@ class DomainToCheck:
     dkim_selector: str
     dkim_public_key: str
     status: str
+    return_path: bool = False  # its return path (rp.<domain>) verified: re-checked too
 
 
 # due_rechecks: verified domains not checked for `every` seconds, oldest first; taking one
@@ -126,7 +127,8 @@ UPDATE domains SET last_checked_at = now()
                WHERE verified_at IS NOT NULL
                  AND (last_checked_at IS NULL OR last_checked_at < now() - make_interval(secs => $1))
                ORDER BY last_checked_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED)
-RETURNING id, organization_id, name, dkim_selector, dkim_public_key, status
+RETURNING id, organization_id, name, dkim_selector, dkim_public_key, status,
+          return_path_verified_at IS NOT NULL AS return_path
 """
 
 

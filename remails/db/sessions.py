@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from remails.crypto import digest, generate_secret
-from remails.db.rows import required
+from remails.db.rows import Executor, required
 
 __all__ = [
     "Session",
@@ -34,7 +34,7 @@ _COLUMNS = "id, user_id, second_factor, created_at, expires_at"
 
 
 async def create_session(
-    pool: asyncpg.Pool, user_id: UUID, *, second_factor: bool, lifetime_seconds: float
+    pool: Executor, user_id: UUID, *, second_factor: bool, lifetime_seconds: float
 ) -> tuple[Session, str]:
     """A new session and its token (for the cookie; never stored)."""
     token = generate_secret(32)
@@ -66,11 +66,11 @@ async def get_session(pool: asyncpg.Pool, token: str) -> Session | None:
     return Session(**row) if row else None
 
 
-async def delete_session(pool: asyncpg.Pool, token: str) -> None:
+async def delete_session(pool: Executor, token: str) -> None:
     await pool.execute("DELETE FROM user_sessions WHERE token_sha256 = $1", digest(token))
 
 
-async def delete_user_sessions(pool: asyncpg.Pool, user_id: UUID) -> int:
+async def delete_user_sessions(pool: Executor, user_id: UUID) -> int:
     """Sign the user out everywhere; the number of sessions ended."""
     status: str = await pool.execute("DELETE FROM user_sessions WHERE user_id = $1", user_id)
     return int(status.split()[-1])

@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from remails.crypto import digest
-from remails.db.rows import Executor, required
+from remails.db.rows import Executor, required, transaction
 from remails.errors import Conflict
 
 __all__ = [
@@ -116,9 +116,9 @@ async def get_user_by_email(pool: asyncpg.Pool, email: str) -> User | None:
     return User(**row) if row else None
 
 
-async def set_password(pool: asyncpg.Pool, user_id: UUID, password_hash: str) -> bool:
+async def set_password(pool: Executor, user_id: UUID, password_hash: str) -> bool:
     """A new password ends every session of the user (a reset locks out whoever had it)."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(pool) as conn:
         status = await conn.execute(
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
         )
@@ -126,7 +126,7 @@ async def set_password(pool: asyncpg.Pool, user_id: UUID, password_hash: str) ->
     return bool(status == "UPDATE 1")
 
 
-async def set_totp_pending(pool: asyncpg.Pool, user_id: UUID, sealed: bytes | None) -> None:
+async def set_totp_pending(pool: Executor, user_id: UUID, sealed: bytes | None) -> None:
     await pool.execute(
         "UPDATE users SET totp_pending_sealed = $2, updated_at = now() WHERE id = $1", user_id, sealed
     )
@@ -150,14 +150,14 @@ RETURNING user_id
 
 
 async def enable_totp(
-    pool: asyncpg.Pool, user_id: UUID, pending: bytes, step: int, recovery_codes: list[str]
+    pool: Executor, user_id: UUID, pending: bytes, step: int, recovery_codes: list[str]
 ) -> bool:
     rows = await pool.fetch(_ENABLE_TOTP, user_id, pending, step, [digest(c) for c in recovery_codes])
     return bool(rows)
 
 
-async def disable_totp(pool: asyncpg.Pool, user_id: UUID) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+async def disable_totp(pool: Executor, user_id: UUID) -> None:
+    async with transaction(pool) as conn:
         await conn.execute(
             "UPDATE users SET totp_sealed = NULL, totp_pending_sealed = NULL, totp_last_step = NULL,"
             " updated_at = now() WHERE id = $1",
@@ -187,7 +187,7 @@ async def spend_recovery_code(pool: asyncpg.Pool, user_id: UUID, code: str) -> b
     return bool(status == "UPDATE 1")
 
 
-async def record_login_failure(pool: asyncpg.Pool, email: str, client: str) -> None:
+async def record_login_failure(pool: Executor, email: str, client: str) -> None:
     await pool.execute("INSERT INTO login_failures (email, client) VALUES (lower($1), $2)", email, client)
 
 
@@ -242,7 +242,7 @@ async def set_membership(pool: Executor, org_id: UUID, user_id: UUID, role: str)
     )
 
 
-async def delete_membership(pool: asyncpg.Pool, org_id: UUID, user_id: UUID) -> bool:
+async def delete_membership(pool: Executor, org_id: UUID, user_id: UUID) -> bool:
     status = await pool.execute(
         "DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2", org_id, user_id
     )
@@ -267,7 +267,7 @@ async def list_members(pool: asyncpg.Pool, org_id: UUID) -> list[Member]:
 
 
 async def create_invitation(
-    pool: asyncpg.Pool, org_id: UUID, email: str, role: str, token: str, lifetime_seconds: float
+    pool: Executor, org_id: UUID, email: str, role: str, token: str, lifetime_seconds: float
 ) -> Invitation:
     row = await pool.fetchrow(
         "INSERT INTO invitations (organization_id, email, role, token_sha256, expires_at)"
@@ -315,15 +315,13 @@ RETURNING organization_id
 """
 
 
-async def accept_invitation(pool: asyncpg.Pool, token: str, user_id: UUID) -> UUID | None:
+async def accept_invitation(pool: Executor, token: str, user_id: UUID) -> UUID | None:
     """The organization joined, or None when the invitation is spent or expired."""
     org_id: UUID | None = await pool.fetchval(_ACCEPT, digest(token), user_id)
     return org_id
 
 
-async def create_password_reset(
-    pool: asyncpg.Pool, user_id: UUID, token: str, lifetime_seconds: float
-) -> None:
+async def create_password_reset(pool: Executor, user_id: UUID, token: str, lifetime_seconds: float) -> None:
     await pool.execute(
         "INSERT INTO password_resets (token_sha256, user_id, expires_at)"
         " VALUES ($1, $2, now() + make_interval(secs => $3))",
@@ -370,7 +368,7 @@ SELECT id FROM u
 """
 
 
-async def use_password_reset(pool: asyncpg.Pool, token: str, password_hash: str) -> UUID | None:
+async def use_password_reset(pool: Executor, token: str, password_hash: str) -> UUID | None:
     """The user whose password was set, or None when the link is spent or expired."""
     user_id: UUID | None = await pool.fetchval(_USE_RESET, digest(token), password_hash)
     return user_id
