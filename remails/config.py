@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     bus_workers: int = Field(default=32, ge=1, le=1024)
     bus_queue_size: int = Field(default=100_000, ge=100)
     bus_dead_letters_kept: int = Field(default=1000, ge=1)
+    bus_batch_max: int = Field(default=64, ge=1, le=10_000)
+    bus_batch_wait_seconds: float = Field(default=0.0, ge=0, le=1)
 
     # Operations: metrics, embedded PostgreSQL supervision, backups
     metrics_listen: Listen = ("127.0.0.1", 9464)
@@ -115,6 +117,9 @@ class Settings(BaseSettings):
     smtp_session_timeout_seconds: float = Field(default=300.0, gt=0)
     smtp_proxy_timeout_seconds: float = Field(default=5.0, gt=0)
     smtp_store_budget_bytes: int = Field(default=64 * MiB, ge=1)
+    # Group commit: messages of several sessions stored in one commit (1: a commit each)
+    smtp_accept_batch_max: int = Field(default=32, ge=1)
+    smtp_accept_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     tls_reload_seconds: float = Field(default=30.0, gt=0)
 
     # HTTP API
@@ -167,6 +172,16 @@ class Settings(BaseSettings):
     mta_sts: bool = True  # honour the destinations' MTA-STS policies (RFC 8461)
     mta_sts_port: int = Field(default=443, ge=1, le=65535)  # for tests and private deployments
     smtp_client_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Per-site shaping (sender_node/shaping.py): defaults per (egress IP, destination site)
+    shaping_file: Path | None = None  # a TOML file of per-site overrides, over the shipped one
+    shaping_max_connections: int = Field(default=10, ge=1)
+    shaping_max_messages_per_connection: int = Field(default=100, ge=1)
+    shaping_max_deliveries_per_minute: int = Field(default=60_000, ge=1)
+    shaping_idle_seconds: float = Field(default=5.0, gt=0)
+    shaping_queue_max: int = Field(default=10_000, ge=1)  # destinations waiting per (IP, site)
+    shaping_max_wait_seconds: float = Field(default=300.0, gt=0)
+    shaping_window_seconds: float = Field(default=60.0, gt=0)  # the rate's window (tests shorten it)
+    sender_max_in_flight: int = Field(default=5000, ge=1)  # messages a sender node holds at once
     upcloud_credentials_dir: Path | None = None
     upcloud_api_url: str = "https://api.upcloud.com/1.3"
 

@@ -23,7 +23,7 @@ from remails.acceptance import announce_received
 from remails.context import Context
 from remails.db import orgs
 from remails.db.credentials import SmtpIdentity, authenticate_smtp, get_smtp_credential
-from remails.db.messages import NewMessage, insert_message
+from remails.db.messages import NewMessage, insert_messages
 from remails.errors import AuthRequired, BareLineEnding, TemporaryFailure
 from remails.log import log_event
 from remails.message_headers import (
@@ -34,6 +34,7 @@ from remails.message_headers import (
     trace_domain,
 )
 from remails.sending_policy import address_domain, check_sender
+from smtp_edge.group_commit import GroupCommit, StoreFailed
 from smtp_edge.policy import check_address_charset, check_recipient_count, trusted_project
 from smtp_edge.replies import (
     AUTH_THROTTLED,
@@ -73,6 +74,15 @@ class EdgeHandler:
         self.store_budget = StoreBudget(ctx.settings.smtp_store_budget_bytes)
         self.storing = 0  # DATA hooks in progress, for a graceful shutdown
         self._facts: dict[UUID, tuple[float, orgs.SenderFacts]] = {}
+        self._credentials: dict[UUID, tuple[float, bool]] = {}  # id -> (when seen, exists)
+        self.group_commit = GroupCommit(
+            self._write_messages,
+            ctx.settings.smtp_accept_batch_max,
+            ctx.settings.smtp_accept_batch_wait_ms / 1000,
+        )
+
+    async def _write_messages(self, batch: list[NewMessage]) -> set[UUID]:
+        return await insert_messages(self.ctx.pool, batch, self.settings.message_lifetime_seconds)
 
     # -- connection -----------------------------------------------------------------------
 
@@ -152,6 +162,7 @@ class EdgeHandler:
             metrics.AUTH_FAILURES.inc()
             return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd answers 535
         log_event(logger, "auth ok", client_ip=ip, username=username, project_id=identity.project_id)
+        self._remember_credential(identity.credential_id, True)  # just read from the database
         return AuthResult(success=True, auth_data=identity)
 
     async def _reserve_attempt(self, keys: list[str]) -> Verdict:
@@ -180,7 +191,7 @@ class EdgeHandler:
             project_id = UUID(project)
         except ValueError:
             return None
-        facts = await orgs.sender_facts(self.ctx.pool, project_id)
+        facts = await self._sender_facts(project_id)  # the same facts MAIL then checks
         if facts is None:
             log_event(
                 logger,
@@ -195,10 +206,25 @@ class EdgeHandler:
 
     async def _credential_live(self, identity: SmtpIdentity) -> bool:
         """A credential revoked while its session is open is refused for good (5.7.8), not
-        stored against a missing row (a 451 the client would retry forever)."""
+        stored against a missing row (a 451 the client would retry forever). The insert of
+        each message checks it too; this earlier check at MAIL reuses what AUTH or the last
+        check found for FACTS_SECONDS, so a session of one message costs no extra query."""
         if identity.credential_id is None:  # a trusted network: no credential to revoke
             return True
-        return await get_smtp_credential(self.ctx.pool, identity.credential_id) is not None
+        now = time.monotonic()
+        cached = self._credentials.get(identity.credential_id)
+        if cached is not None and now - cached[0] < FACTS_SECONDS:
+            return cached[1]
+        live = await get_smtp_credential(self.ctx.pool, identity.credential_id) is not None
+        self._remember_credential(identity.credential_id, live)
+        return live
+
+    def _remember_credential(self, credential_id: UUID | None, live: bool) -> None:
+        if credential_id is None:
+            return
+        if len(self._credentials) > 10_000:
+            self._credentials.clear()
+        self._credentials[credential_id] = (time.monotonic(), live)
 
     async def _sender_facts(self, project_id: UUID) -> orgs.SenderFacts | None:
         """A project's facts, kept for FACTS_SECONDS: the edge's check is an early courtesy
@@ -278,8 +304,7 @@ class EdgeHandler:
         identity = session.auth_data
         if not isinstance(identity, SmtpIdentity) or envelope.mail_from is None:
             return AuthRequired().smtp_reply()
-        if not await self._credential_live(identity):
-            return str(CREDENTIAL_REVOKED)
+        # Whether the credential still exists is checked by the insert itself (see _store).
         self.storing += 1
         try:
             return await self._store(server, session, envelope, identity, data)
@@ -329,16 +354,19 @@ class EdgeHandler:
         )
         try:
             async with self.store_budget.hold(len(raw)):
-                await insert_message(self.ctx.pool, new, self.settings.message_lifetime_seconds)
+                stored = await self.group_commit.store(new)
         except Exception as exc:
             log_event(
                 logger,
                 "store failed",
                 logging.ERROR,
-                error=type(exc).__name__,
+                error=exc.cause if isinstance(exc, StoreFailed) else type(exc).__name__,
                 client_ip=client_ip(session),
             )
             return _TEMPORARY
+        if not stored:  # the credential was revoked while the session was open
+            self._remember_credential(identity.credential_id, False)
+            return str(CREDENTIAL_REVOKED)
         log_event(
             logger,
             "message received",

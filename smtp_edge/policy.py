@@ -5,6 +5,7 @@ Whether a project may send as an address is shared with the HTTP API: `remails.s
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 
@@ -44,6 +45,10 @@ def trusted_project(peer_ip: str, networks: Mapping[str, str]) -> str | None:
     except ValueError:
         return None
     for cidr, project in networks.items():
-        if ip in ipaddress.ip_network(cidr):
+        if ip in _network(cidr):
             return project
     return None
+
+
+# The same few networks on every connection: parsed once.
+_network = functools.lru_cache(maxsize=256)(ipaddress.ip_network)

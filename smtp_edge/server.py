@@ -29,8 +29,11 @@ from remails.errors import Reply
 from remails.log import log_event
 from smtp_edge.certificates import Certificates
 from smtp_edge.connections import ConnectionTable, proxy_peer_trusted
+from smtp_edge.data_reader import DataParser
 from smtp_edge.handler import EdgeHandler, client_ip
 from smtp_edge.inbound import InboundHandler
+from smtp_edge.paths import plain_path
+from smtp_edge.protocol_tables import init_protocol
 from smtp_edge.replies import SHUTTING_DOWN, with_enhanced_code
 from smtp_edge.throttle import AuthThrottle
 
@@ -40,10 +43,21 @@ logger = logging.getLogger("remails.edge")
 
 BANNER_IDENT = "ESMTP Remails"
 TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands without a message, closing")
-LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
-TOO_MUCH_DATA = "552 5.3.4 Message too big"
+DATA_CHUNK = 256 * 1024  # at most this much of a message taken from the reader at a time
 
-_Command = Callable[[str], Awaitable[None]]
+_Command = Callable[[Any, str], Awaitable[None]]
+
+
+def _counted(method: _Command) -> _Command:
+    """Every command counts towards the junk limit (made once per class, for each command)."""
+
+    @functools.wraps(method)  # keeps the syntax HELP shows
+    async def command(self: EdgeSMTP, arg: str) -> None:
+        if await self._over_junk_limit():
+            return
+        await method(self, arg)
+
+    return command
 
 
 class EdgeSMTP(SMTP):
@@ -60,13 +74,13 @@ class EdgeSMTP(SMTP):
         implicit_tls: bool,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)
+        # aiosmtpd's __init__, with its per-connection scans done once per class.
+        init_protocol(self, handler, wrap_command=_counted, **kwargs)
         self.edge = edge
         self.implicit_tls = implicit_tls
         self.in_data = False
         self.commands_without_message = 0
         self._admitted: str | None = None  # the client address counted in the table
-        self._smtp_methods = {name: self._counted(m) for name, m in self._smtp_methods.items()}
 
     @property
     def tls_active(self) -> bool:
@@ -74,9 +88,9 @@ class EdgeSMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode() if isinstance(status, bytes) else status
-        plain = text.startswith(f"220 {self.hostname} ") or text in (
-            f"250 {self.hostname}",
-            "250 HELP",
+        # Only a 220 or a 250 can be the greeting or a HELO/EHLO answer (left without a code).
+        plain = text[:4] in ("220 ", "250 ") and (
+            text.startswith(f"220 {self.hostname} ") or text in (f"250 {self.hostname}", "250 HELP")
         )
         await super().push(with_enhanced_code(text, greeting_or_helo=plain))
 
@@ -168,24 +182,28 @@ class EdgeSMTP(SMTP):
 
     # -- junk commands ---------------------------------------------------------------------
 
-    def _counted(self, method: _Command) -> _Command:
-        @functools.wraps(method)  # keeps the syntax HELP shows
-        async def command(arg: str) -> None:
-            self.commands_without_message += 1
-            if self.commands_without_message > self.edge.ctx.settings.smtp_junk_command_limit:
-                session = self.session
-                log_event(
-                    logger,
-                    "too many commands without a message",
-                    logging.WARNING,
-                    client_ip=client_ip(session) if session is not None else "",
-                )
-                await self.push(str(TOO_MANY_COMMANDS))
-                self._close()
-                return
-            await method(arg)
+    async def _over_junk_limit(self) -> bool:
+        self.commands_without_message += 1
+        if self.commands_without_message <= self.edge.ctx.settings.smtp_junk_command_limit:
+            return False
+        session = self.session
+        log_event(
+            logger,
+            "too many commands without a message",
+            logging.WARNING,
+            client_ip=client_ip(session) if session is not None else "",
+        )
+        await self.push(str(TOO_MANY_COMMANDS))
+        self._close()
+        return True
 
-        return command
+    # -- MAIL and RCPT ---------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = plain_path(arg) if arg and not self.local_part_limit else None
+        if plain is not None:
+            return plain
+        return super()._getaddr(arg)
 
     # -- DATA ------------------------------------------------------------------------------
 
@@ -222,43 +240,23 @@ class EdgeSMTP(SMTP):
         await self.push(status if isinstance(status, str) else "250 OK")
 
     async def _read_data(self) -> tuple[bytearray, str | None]:
-        """Read to the final dot, un-stuffing dots, into one growing buffer (RFC 5321 §4.5.2).
-
-        aiosmtpd keeps a list of one bytearray per line and joins them: two to three times the
-        message size. Past a limit the data is discarded but read to the end (RFC 5321 §4.2.5)."""
-        content = bytearray()
-        limit = self.data_size_limit
-        size = 0
-        problem: str | None = None
-        in_long_line = False
+        """Read to the final dot into one growing buffer (`DataParser`, RFC 5321 §4.5.2),
+        taking whatever the socket has at once. Past a limit the data is discarded but read to
+        the end (RFC 5321 §4.2.5)."""
+        parser = DataParser(self.data_size_limit, self.line_length_limit)
         while True:
             try:
-                line = await self._reader.readuntil(b"\r\n")
+                chunk = await self._reader.read(DATA_CHUNK)
             except asyncio.CancelledError:
                 self._writer.close()
                 raise
-            except asyncio.LimitOverrunError as exc:
-                await self._reader.read(exc.consumed)  # a line longer than the limit: drop it
-                problem = problem or LINE_TOO_LONG
-                content = bytearray()
-                in_long_line = True
-                continue
-            if in_long_line:  # the tail of that line
-                in_long_line = False
-                continue
-            if line == b".\r\n":
-                return content, problem
-            size += len(line)
-            if problem is not None:
-                continue
-            if limit and size > limit:
-                problem = TOO_MUCH_DATA
-                content = bytearray()
-                continue
-            if line.startswith(b"."):
-                content += memoryview(line)[1:]
-            else:
-                content += line
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", None)
+            leftover = parser.feed(chunk)
+            if leftover is not None:
+                if leftover:  # commands pipelined after the final dot: back for the command loop
+                    self._reader._buffer[:0] = leftover  # type: ignore[attr-defined]
+                return parser.content, parser.problem
 
 
 class MxSMTP(EdgeSMTP):
@@ -289,42 +287,46 @@ class EdgeServer:
         self._servers: list[asyncio.Server] = []
         self._addresses: list[tuple[str, int]] = []
 
-    def _factory(self, implicit_tls: bool) -> EdgeSMTP:
+    def submission_options(self, implicit_tls: bool) -> dict[str, Any]:
+        """aiosmtpd's options for a submission session."""
         settings = self.ctx.settings
-        return EdgeSMTP(
-            self.handler,
-            edge=self,
-            implicit_tls=implicit_tls,
-            hostname=settings.hostname,
-            ident=BANNER_IDENT,
-            data_size_limit=settings.smtp_max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
+        return {
+            "hostname": settings.hostname,
+            "ident": BANNER_IDENT,
+            "data_size_limit": settings.smtp_max_message_size,
+            "enable_SMTPUTF8": True,
+            "decode_data": False,
             # Implicit TLS: the edge itself does the handshake after the door, so no STARTTLS.
-            tls_context=None if implicit_tls else self.certificates.context,
-            auth_require_tls=True,
-            auth_required=False,  # enforced at MAIL, so trusted networks can submit without AUTH
-            timeout=settings.smtp_session_timeout_seconds,
-            loop=asyncio.get_running_loop(),
+            "tls_context": None if implicit_tls else self.certificates.context,
+            "auth_require_tls": True,
+            "auth_required": False,  # enforced at MAIL, so trusted networks can submit without AUTH
+            "timeout": settings.smtp_session_timeout_seconds,
+            "loop": asyncio.get_running_loop(),
+        }
+
+    def mx_options(self) -> dict[str, Any]:
+        """aiosmtpd's options for an inbound MX session."""
+        settings = self.ctx.settings
+        return {
+            "hostname": settings.hostname,
+            "ident": BANNER_IDENT,
+            "data_size_limit": settings.smtp_max_message_size,
+            "enable_SMTPUTF8": True,
+            "decode_data": False,
+            "tls_context": self.certificates.context,
+            "auth_exclude_mechanism": ["LOGIN", "PLAIN"],
+            "auth_required": False,
+            "timeout": settings.smtp_session_timeout_seconds,
+            "loop": asyncio.get_running_loop(),
+        }
+
+    def _factory(self, implicit_tls: bool) -> EdgeSMTP:
+        return EdgeSMTP(
+            self.handler, edge=self, implicit_tls=implicit_tls, **self.submission_options(implicit_tls)
         )
 
     def _mx_factory(self) -> MxSMTP:
-        settings = self.ctx.settings
-        return MxSMTP(
-            self.inbound,
-            edge=self,
-            implicit_tls=False,
-            hostname=settings.hostname,
-            ident=BANNER_IDENT,
-            data_size_limit=settings.smtp_max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            tls_context=self.certificates.context,
-            auth_exclude_mechanism=["LOGIN", "PLAIN"],
-            auth_required=False,
-            timeout=settings.smtp_session_timeout_seconds,
-            loop=asyncio.get_running_loop(),
-        )
+        return MxSMTP(self.inbound, edge=self, implicit_tls=False, **self.mx_options())
 
     async def start(self) -> None:
         settings = self.ctx.settings

@@ -284,6 +284,25 @@ async def test_a_credential_revoked_mid_session_is_refused_permanently(edge: Edg
     assert await edge.stored_count() == 0
 
 
+async def test_a_credential_revoked_between_transactions_stores_nothing_more(edge: Edge) -> None:
+    """MAIL may still pass on what AUTH found a moment ago; the insert itself refuses."""
+    client = edge.client()
+    await client.connect()
+    await client.starttls()
+    await client.login(edge.tenant.username, edge.tenant.password)
+    await client.sendmail("app@example.test", ["user@dest.test"], MESSAGE)
+    credential_id = await edge.pool.fetchval(
+        "SELECT id FROM smtp_credentials WHERE username = $1", edge.tenant.username
+    )
+    assert await credentials.delete_smtp_credential(edge.pool, credential_id)
+    with pytest.raises((aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError)) as refused:
+        await client.sendmail("app@example.test", ["user@dest.test"], MESSAGE)
+    assert isinstance(refused.value, aiosmtplib.SMTPResponseException)
+    assert (refused.value.code, refused.value.message[:5]) == (535, "5.7.8")
+    await client.quit()
+    assert await edge.stored_count() == 1
+
+
 # -- certificate renewal -----------------------------------------------------------------------
 
 
