@@ -46,3 +46,11 @@ async def test_edge_memory_measures_the_edge_under_large_messages() -> None:
     figures = json.loads(result.stdout)
     assert figures["accepted"] == 2
     assert figures["peak_rss_mb"] >= figures["idle_rss_mb"] > 0
+
+
+async def test_edge_cpu_measures_the_edge_alone() -> None:
+    result = await _run("edge_cpu", "--messages", "50", "--concurrency", "5", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures["messages"] == 50 and figures["accept_per_s"] > 0
+    assert figures["python_ms_per_message"] > 0 and figures["postgres_ms_per_message"] > 0
