@@ -188,6 +188,11 @@ async def cmd_org_unblock(args: argparse.Namespace, settings: Settings) -> dict[
     return await with_db(settings, work)
 
 
+def _org_or_operator(text: str) -> UUID | None:
+    """An organization's id, or `operator` (None): the entries that belong to no organization."""
+    return None if text == "operator" else id_argument(text)
+
+
 async def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     kind, _, actor_id = (args.actor or "").partition(":")
     if args.actor is not None and kind not in ("api_key", "user", "operator"):
@@ -563,7 +568,12 @@ def _parser() -> argparse.ArgumentParser:
     p = add(org, "unblock", cmd_org_unblock, "lift a block; held messages resume")
     p.add_argument("org_id", type=id_argument)
     p = add(sub, "audit-log", cmd_audit_log, "an organization's audit log, newest first")
-    p.add_argument("org_id", type=id_argument)
+    p.add_argument(
+        "org_id",
+        type=_org_or_operator,
+        metavar="ORG_ID|operator",
+        help="an organization, or `operator`: the entries of none (IP pools, admin token, users)",
+    )
     p.add_argument("--action", default=None, help="one action, or a prefix like domain.")
     p.add_argument("--actor", default=None, help="api_key[:ID], user[:ID] or operator[:ID]")
     p.add_argument("--limit", type=int, default=50, choices=range(1, 1001), metavar="1..1000")

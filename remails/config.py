@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # Dashboard accounts
     signup: Literal["closed", "open"] = "closed"
     session_seconds: float = Field(default=12 * 3600.0, gt=0)
+    # Where users reach the dashboard, for the links in mails (password reset, invitation):
+    # never taken from a request's Host header, which whoever asks for a reset chooses.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
     login_max_failures: int = Field(default=5, ge=1)
     login_failure_window_seconds: float = Field(default=900.0, gt=0)
 
@@ -280,6 +283,26 @@ class Settings(BaseSettings):
     @property
     def effective_node_name(self) -> str:
         return self.node_name or self.hostname
+
+    @property
+    def effective_public_url(self) -> str:
+        """The dashboard's public address without a trailing slash; unset, the address it
+        listens on (its host name when it listens on every address)."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host, port = self.http_listen
+        if _is_ip(host) and ipaddress.ip_address(host).is_unspecified:
+            host = self.hostname
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_settings(**overrides: Any) -> Settings:

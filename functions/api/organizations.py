@@ -25,7 +25,7 @@ from functions.api.models import (
 )
 from remails.context import Context
 from remails.db import audit, egress, messages, orgs
-from remails.errors import NotFound
+from remails.errors import InvalidInput, NotFound
 from remails.events import EventType, MessageEvent, make_event
 from remails.log import log_event
 
@@ -92,6 +92,8 @@ async def update_organization(
     await organization_of(ctx, caller, org_id, "admin")
     if body.monthly_quota is not None or body.block_status is not None or body.block_reason is not None:
         caller.require_super_admin()
+    if body.block_reason is not None and body.block_status is None:  # else logged, never stored
+        raise InvalidInput("goes with block_status (the reason is set with the block)", field="block_reason")
     email = body.notification_email
     if "notification_email" in body.model_fields_set and email is None:
         email = ""  # an explicit null clears it

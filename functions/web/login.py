@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from uuid import UUID
 
 from fastapi import APIRouter, Request
@@ -42,6 +43,8 @@ __all__ = ["anonymous_page", "router", "totp_context"]
 
 logger = logging.getLogger("remails.web")
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+_ADDRESS_FORM = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 def totp_context(user_id: UUID) -> str:
@@ -154,8 +157,15 @@ async def _login_failed(
         details = {"reason": reason}
         if user is None:
             actor = user_actor(request, None)
+            # What was typed is kept only when it has an address's form: a password typed into
+            # the address field by mistake is a secret and never reaches the log.
+            attempted = email if _ADDRESS_FORM.fullmatch(email) else None
             await audit.record(
-                conn, actor, "user.login_failed", organization_id=None, details={**details, "email": email}
+                conn,
+                actor,
+                "user.login_failed",
+                organization_id=None,
+                details={**details, "email": attempted},
             )
         else:
             await audit.record_for_user(

@@ -130,12 +130,16 @@ async def invite(org_id: UUID, request: Request) -> Response:
     token = generate_secret(24)
     async with scope.changing("invitation.create", details={"email": email, "role": role}) as conn:
         await users.create_invitation(conn, org_id, email, role, token, INVITATION_SECONDS)
-    link = f"{request.base_url}invite/{token}"
+    link = f"{scope.ctx.settings.effective_public_url}/invite/{token}"
     text = (
         f"{scope.who.user.email} invites you to the organization {scope.org.name} on Remails,"
         f" as {role.replace('_', '-')}.\n\nAccept within seven days:\n\n{link}\n"
     )
-    mailed = await send_system_mail(scope.ctx, email, f"Join {scope.org.name}", text, label="invitation")
+    # A blocked organization sends nothing, not even through the operator's system mail: the
+    # invitation is made and its link shown, not mailed.
+    mailed = scope.org.block_status == "not_blocked" and await send_system_mail(
+        scope.ctx, email, f"Join {scope.org.name}", text, label="invitation"
+    )
     return await _members_page(request, org_id, 201, invite_link=link, invited=email, mailed=mailed)
 
 

@@ -51,7 +51,7 @@ async def forgot(request: Request) -> Response:
             # Asked by whoever knows the address: no actor id, the account is the target.
             actor = user_actor(request, None)
             await audit.record_for_user(conn, actor, "user.password_reset_requested", user.id, target=user.id)
-        link = f"{request.base_url}login/reset/{token}"
+        link = f"{ctx.settings.effective_public_url}/login/reset/{token}"
         text = (
             "Someone (hopefully you) asked to reset the password of your Remails account.\n\n"
             f"Choose a new password here within the hour:\n\n{link}\n\n"

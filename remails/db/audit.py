@@ -135,6 +135,9 @@ class AuditPage:
     next_cursor: str | None
 
 
+_MAX_ID = 2**63 - 1
+
+
 def _cursor(entry_id: int) -> str:
     return base64.urlsafe_b64encode(str(entry_id).encode()).decode().rstrip("=")
 
@@ -142,25 +145,30 @@ def _cursor(entry_id: int) -> str:
 def parse_cursor(cursor: str) -> int:
     """The id a cursor stands for; ValueError when it is not one of ours."""
     padded = cursor + "=" * (-len(cursor) % 4)
-    return int(base64.urlsafe_b64decode(padded.encode()).decode())
+    entry_id = int(base64.urlsafe_b64decode(padded.encode()).decode())
+    if not 0 < entry_id <= _MAX_ID:  # ids are positive bigints; beyond, the driver would fail
+        raise ValueError("not an audit entry id")
+    return entry_id
 
 
-# list_entries: one organization's entries, newest first, after the cursor (an id: entries
-# are numbered in commit-ish order), optionally one action (or action prefix `domain.`) and
-# one actor.
+# list_entries: one organization's entries (or those of none), newest first, after the
+# cursor (an id: entries are numbered in commit-ish order), optionally one action (or action
+# prefix `domain.`) and one actor. Two texts, so that each reads the index on its own terms.
 _LIST = """
 SELECT id, organization_id, at, actor_kind, actor_id, host(client_ip) AS client_ip, action, target, details
   FROM audit_log
- WHERE organization_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ WHERE {scope} AND ($2::bigint IS NULL OR id < $2)
    AND ($3::text IS NULL OR action = $3 OR (right($3, 1) = '.' AND starts_with(action, $3)))
    AND ($4::text IS NULL OR actor_kind = $4) AND ($5::text IS NULL OR actor_id = $5)
  ORDER BY id DESC LIMIT $6
 """
+_LIST_ORG = _LIST.format(scope="organization_id = $1")
+_LIST_NO_ORG = _LIST.format(scope="organization_id IS NULL AND $1::uuid IS NULL")
 
 
 async def list_entries(
     conn: Executor,
-    organization_id: UUID,
+    organization_id: UUID | None,
     *,
     limit: int,
     cursor: str | None = None,
@@ -168,8 +176,11 @@ async def list_entries(
     actor_kind: str | None = None,
     actor_id: str | None = None,
 ) -> AuditPage:
+    """`organization_id` None: the entries of no organization — the operator's own changes
+    (IP pools, the admin token, users of no organization) and sign-ins for no account."""
     before = parse_cursor(cursor) if cursor else None
-    rows = await conn.fetch(_LIST, organization_id, before, action, actor_kind, actor_id, limit + 1)
+    query = _LIST_NO_ORG if organization_id is None else _LIST_ORG
+    rows = await conn.fetch(query, organization_id, before, action, actor_kind, actor_id, limit + 1)
     entries = [
         AuditEntry(
             r["id"],

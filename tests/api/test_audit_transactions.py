@@ -4,6 +4,7 @@ added, verified and re-keyed, webhooks created, and changes made in the dashboar
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -164,3 +165,28 @@ async def test_a_sign_in_starts_no_session_when_its_entry_cannot_be_written(
         assert await pool.fetchval("SELECT count(*) FROM user_sessions") == 0
     finally:
         await site.client.aclose()
+
+
+@pytest.mark.parametrize("forged", ["99999999999999999999", "-99999999999999999999", "0"])
+async def test_a_forged_cursor_beyond_any_entry_id_is_a_422_naming_it(api: Api, forged: str) -> None:
+    """A cursor is an entry id in base64; one no bigint holds is refused like any other
+    forgery, not passed to the database (where it failed as a 500)."""
+    cursor = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=")
+    url = f"/v1/organizations/{api.acme.org_id}/audit-log"
+    answer = await api.call("GET", url, api.acme_admin, params={"cursor": cursor})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == "cursor"
+
+
+async def test_a_block_reason_without_a_block_is_refused_not_logged_as_a_change(api: Api) -> None:
+    """The reason is stored only with a block: alone, it used to be answered 200 and logged as
+    an `organization.update` that changed nothing."""
+    url = f"/v1/organizations/{api.acme.org_id}"
+    answer = await api.call("PATCH", url, api.admin_token, json={"block_reason": "looks like spam"})
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "block_reason", answer.text
+    logged = await api.call("GET", f"{url}/audit-log", api.admin_token)
+    assert logged.json()["entries"] == []
+    blocked = await api.call(
+        "PATCH", url, api.admin_token, json={"block_status": "no_sending", "block_reason": "spam"}
+    )
+    assert blocked.status_code == 200 and blocked.json()["block_reason"] == "spam"

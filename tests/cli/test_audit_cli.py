@@ -152,3 +152,30 @@ async def test_org_create_takes_the_default_monthly_quota_setting(cli: Cli) -> N
         "org", "create", "Paid", "--monthly-quota", "50000", env={"REMAILS_DEFAULT_MONTHLY_QUOTA": "1234"}
     )
     assert explicit["monthly_quota"] == 50000
+
+
+async def test_the_operators_own_entries_are_read_with_audit_log_operator(cli: Cli, pool: Pool) -> None:
+    """Changes of no organization (IP pools, the admin token) are in the log of none, read as
+    `remails audit-log operator`, and never among an organization's."""
+    org = await cli.json("org", "create", "Acme")
+    await cli.json("ip-pool", "create", "dedicated", "--ips", "127.0.0.9")
+    admin = await cli.json("admin-token", "rotate")
+    shown = await cli.json("audit-log", "operator")
+    assert [(e["action"], e["organization_id"]) for e in shown["entries"]] == [
+        ("admin_token.rotate", None),
+        ("ip_pool.create", None),
+    ]
+    assert shown["entries"][0]["target"] == admin["id"]
+    assert admin["token"] not in json.dumps(shown)
+    first = await cli.json("audit-log", "operator", "--limit", "1")
+    older = await cli.json("audit-log", "operator", "--cursor", first["next_cursor"])
+    assert [e["action"] for e in older["entries"]] == ["ip_pool.create"]
+    mine = await cli.json("audit-log", org["id"])
+    assert [e["action"] for e in mine["entries"]] == ["organization.create"]
+
+
+async def test_a_forged_cursor_is_refused_in_one_line(cli: Cli) -> None:
+    org = await cli.json("org", "create", "Acme")
+    for forged in ("OTk5OTk5OTk5OTk5OTk5OTk5OTk", "LTE", "!!"):  # 10**20-1, -1, not base64
+        line = await cli.refused("audit-log", org["id"], "--cursor", forged)
+        assert "--cursor" in line

@@ -16,6 +16,7 @@ import pytest
 
 from remails.config import Settings
 from remails.db import Pool, orgs, users
+from tests.factories import make_tenant
 from tests.web.conftest import PASSWORD, Site, add_user, csrf_of, make_site
 
 NEW_PASSWORD = "another horse battery staple"
@@ -387,5 +388,64 @@ async def test_a_sign_up_gets_the_default_plan_and_is_logged(pool: Pool, setting
             ("user.signup", "user", str(user.id)),
         ]
         assert PASSWORD not in json.dumps(entries, default=str)
+    finally:
+        await site.client.aclose()
+
+
+async def test_a_failed_sign_in_keeps_the_attempted_name_only_when_it_is_an_address(site: Site) -> None:
+    """A password typed into the address field (a common slip) is a secret: a failed sign-in
+    for no account keeps what was typed only when it has the form of an address."""
+    for typed, kept in (
+        ("correct horse battery staple", None),
+        ("Tr0ub4dor&3", None),
+        ("nobody@acme.test", "nobody@acme.test"),
+    ):
+        mark = await _last_id(site.pool)
+        assert (await site.login(typed, "x")).status_code == 401
+        [entry] = await _entries(site.pool, mark)
+        assert entry["action"] == "user.login_failed" and entry["organization_id"] is None
+        assert entry["details"] == {"reason": "password", "email": kept}, entry
+        if kept is None:
+            assert typed.lower() not in json.dumps(entry, default=str)
+
+
+async def test_a_sending_blocked_organization_gets_no_invitation_mailed(
+    pool: Pool, settings: Settings
+) -> None:
+    """Nothing of an organization under a `sending` block is sent — not even an invitation
+    through the operator's system mail, which would carry the organization's freely chosen
+    name to any address: the invitation is made and its link shown, not mailed."""
+    system = await make_tenant(pool, settings, "remails.test")
+    site = await make_site(
+        pool, settings, system_project_id=str(system.project_id), system_from="noreply@remails.test"
+    )
+    try:
+        await add_user(pool, "ann@acme.test", org=site.acme)
+        await site.login("ann@acme.test")
+        members = f"/orgs/{site.acme.org_id}/members"
+
+        async def invite(address: str) -> str:
+            page = await site.client.get(members)
+            answer = await site.client.post(
+                f"{members}/invite",
+                data={"email": address, "role": "read_only", "csrf": csrf_of(page.text)},
+            )
+            assert answer.status_code == 201, answer.text
+            assert "/invite/" in answer.text  # the link is shown either way
+            return answer.text
+
+        async def mailed() -> int:
+            return int(
+                await pool.fetchval("SELECT count(*) FROM messages WHERE project_id = $1", system.project_id)
+            )
+
+        assert "e-mailed" in await invite("first@dest.test") and await mailed() == 1
+        await orgs.set_block_status(pool, site.acme.org_id, "no_sending", "spam")
+        assert "e-mailed" not in await invite("second@dest.test")
+        assert await mailed() == 1
+        invited = await pool.fetchval(
+            "SELECT count(*) FROM invitations WHERE organization_id = $1", site.acme.org_id
+        )
+        assert invited == 2
     finally:
         await site.client.aclose()
