@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cloudevents.http import CloudEvent
 
 from remails import metrics
+from remails.attempt_decision import decide_outcome, outcome_counts, outcome_event
 from remails.context import Context
 from remails.db import pipeline, retention, sweep
 from remails.dkim_rotation import sweep_rotations
@@ -27,16 +29,15 @@ from remails.events import (
     make_event,
 )
 from remails.log import log_event
-from remails.outcomes import (
-    RecipientResult,
-    RetryPolicy,
-    classify,
-    is_hard_bounce,
-    message_outcome,
-    next_attempt_at,
-)
+from remails.outcomes import RetryPolicy
 
-__all__ = ["ATTEMPT_FILTERS", "TICK_FILTERS", "handle_attempted", "handle_tick"]
+__all__ = [
+    "ATTEMPT_FILTERS",
+    "TICK_FILTERS",
+    "handle_attempted",
+    "handle_attempted_batch",
+    "handle_tick",
+]
 
 ATTEMPT_FILTERS = [{"exact": {"type": EventType.DELIVERY_ATTEMPTED.value}}]
 TICK_FILTERS = [{"exact": {"type": EventType.TICK.value}}]
@@ -45,68 +46,38 @@ SWEEP_LIMIT = 500
 
 logger = logging.getLogger("remails.retry")
 
-_OUTCOME_EVENTS = {
-    "delivered": EventType.MESSAGE_DELIVERED,
-    "deferred": EventType.MESSAGE_DEFERRED,
-    "bounced": EventType.MESSAGE_BOUNCED,
-    "failed": EventType.MESSAGE_FAILED,
-}
 
-
-def _reply_text(result: RecipientResult) -> str:
-    parts = [str(result.code) if result.code else "", result.enhanced or "", result.text]
-    return " ".join(p for p in parts if p)
+async def handle_attempted_batch(ctx: Context, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+    """The attempted messages of `events` decided, loaded with one query and moved with one
+    statement; a message no longer `attempted` (a duplicate event) is left alone."""
+    ids = list({event_data(e, DeliveryAttempted).message_id: None for e in events})
+    messages = await pipeline.load_attempted_many(ctx.pipeline, ids)
+    policy = RetryPolicy(ctx.settings.retry_first_seconds, ctx.settings.retry_max_seconds)
+    now = datetime.now(UTC)
+    outcomes = [decide_outcome(m, now, policy, random.uniform(-1, 1)) for m in messages]
+    queued = await pipeline.apply_outcomes(ctx.pipeline, outcomes)
+    replies = []
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if message.key.id not in queued:
+            continue  # another decision won: this event was a duplicate
+        metrics.finished(outcome.status, message.created_at)
+        counts = outcome_counts(outcome)
+        log_event(
+            logger,
+            "attempt decided",
+            message_id=message.key.id,
+            status=outcome.status,
+            attempts=message.attempts,
+            **counts,
+        )
+        replies.append(outcome_event(message.key, outcome, queued[message.key.id]))
+    return replies
 
 
 async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None:
-    data = event_data(event, DeliveryAttempted)
-    message = await pipeline.load_attempted(ctx.pipeline, data.message_id)
-    if message is None or message.status != "attempted":
-        return None
-    policy = RetryPolicy(ctx.settings.retry_first_seconds, ctx.settings.retry_max_seconds)
-    retry_at = next_attempt_at(
-        message.attempts, datetime.now(UTC), message.expires_at, policy, random.uniform(-1, 1)
-    )
-    statuses: dict[int, str] = {}
-    suppress: list[tuple[str, str]] = []
-    for r in message.recipients:
-        if r.status not in ("pending", "deferred"):
-            continue
-        result = RecipientResult(r.last_code, r.last_enhanced, r.last_text or "")
-        disposition: str = classify(result)
-        if disposition == "deferred" and retry_at is None:
-            disposition = "failed"  # the next try would be past the message lifetime
-        statuses[r.id] = disposition
-        if is_hard_bounce(result):
-            suppress.append((r.address, "hard bounce: " + _reply_text(result)))
-    final = message_outcome([statuses.get(r.id, r.status) for r in message.recipients])
-    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
-    reason = ", ".join(f"{n} {s}" for s, n in counts.items()) or None
-    next_attempt = retry_at if final == "deferred" else None
-    queued = await pipeline.apply_outcome(
-        ctx.pipeline, message.key.id, statuses, suppress, final, reason, next_attempt
-    )
-    if queued is None:
-        return None  # another decision won: this event was a duplicate
-    metrics.finished(final, message.created_at)
-    log_event(
-        logger,
-        "attempt decided",
-        message_id=message.key.id,
-        status=final,
-        attempts=message.attempts,
-        **counts,
-    )
-    key = message.key
-    outcome = MessageOutcome(
-        message_id=key.id,
-        organization_id=key.organization_id,
-        project_id=key.project_id,
-        status=final,
-        reason=reason,
-        webhooks=queued,
-    )
-    return make_event(_OUTCOME_EVENTS[final], outcome)
+    """One event: a batch of one."""
+    replies = await handle_attempted_batch(ctx, [event])
+    return replies[0] if replies else None
 
 
 def _event_for(swept: sweep.Swept) -> CloudEvent | None:

@@ -81,7 +81,8 @@ def explain(
         why = "; ".join(f"{r['address']}: {_reply(r)}" for r in waiting) or reason or "a temporary failure"
         nxt = detail.get("next_attempt_at")
         when = f" Next try at {_at(nxt)}" if nxt else " Next try at the next sweep"
-        return f"Deferred: {why}.{when}; it gives up at {_at(detail['expires_at'])}." + note
+        shaped = _last_wait(detail)
+        return f"Deferred: {why}.{when}; it gives up at {_at(detail['expires_at'])}.{shaped}" + note
     if status == "delivered":
         return "Delivered." + note
     if status == "bounced":
@@ -95,6 +96,15 @@ def explain(
     if status == "rejected":
         return f"Rejected: {reason or 'refused at validation'}." + note
     return f"{status}." + note
+
+
+def _last_wait(detail: Mapping[str, Any]) -> str:
+    """Why the last attempt waited before it started (site shaping, a suspension), if it did."""
+    log = detail.get("attempt_log") or []
+    last = log[-1] if log else {}
+    if not last.get("waited"):
+        return ""
+    return f" The last attempt waited ({last['waited']}) to send to site {last.get('site') or '?'}."
 
 
 def retry_refusal(detail: Mapping[str, Any], suppressed: Mapping[str, str]) -> str | None:

@@ -2,6 +2,10 @@
 for them, signs, delivers to each destination's MX and records what happened.
 
 message.routed (outboundip = one of ours) → delivery.attempted
+
+Each claimed message is delivered in a task of its own (the event handler returns at once), so
+destinations waiting in their site's ready queue (`site_queue`, limits from `shaping`) never
+hold the bus's workers; delivery.attempted is published when the message is done.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from uuid import UUID
 
 from cloudevents.http import CloudEvent
@@ -22,7 +27,7 @@ from remails import metrics
 from remails.addresses import ascii_domain
 from remails.bus import Trigger
 from remails.context import Context
-from remails.db import egress, inbound, pipeline
+from remails.db import egress, pipeline
 from remails.db.dkim_keys import signing_keys
 from remails.dns import make_resolver
 from remails.domain_records import is_same_or_subdomain
@@ -38,12 +43,13 @@ from remails.log import log_event
 from remails.message_headers import normalise_line_endings
 from remails.outcomes import RecipientResult, classify
 from remails.return_path import KEY_PURPOSE, envelope_senders
-from sender_node.connections import ConnectionCache
 from sender_node.dkim_signer import DkimSigner, SignerSet
 from sender_node.egress_ips import bindable
 from sender_node.mta_sts import MtaSts, Policy, allowed_hosts
 from sender_node.mx import DeliveryDnsError, MxHost, resolve_destination
 from sender_node.payload import Payload
+from sender_node.shaping import Limits, is_throttling, limits_for, load_shaping, site_name
+from sender_node.site_queue import Shaper, ShapingRefused, Want
 from sender_node.smtp_client import Envelope, TlsPolicy, contained, deliver, failed_attempt
 
 __all__ = ["SenderNode"]
@@ -51,6 +57,9 @@ __all__ = ["SenderNode"]
 logger = logging.getLogger("remails.sender")
 
 SIGNER_CACHE_SIZE = 1000  # parsed keys kept; past this the cache starts over
+SITE_LIMITS_KEPT = 10_000  # sites whose limits are remembered; past this it starts over
+HOUSEKEEPING_SECONDS = 1.0  # idle connections closed and spare slots given back this often
+POLICY_WAIT_NOTED = 0.5  # seconds: an MTA-STS lookup at least this slow is named in the attempt log
 
 
 class SenderNode:
@@ -65,7 +74,6 @@ class SenderNode:
         self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls, ca_file=ca_file)
         # MTA-STS: verified TLS, with connections of its own (never an unverified cached one).
         self.tls_verified = TlsPolicy(require_verified=True, ca_file=ca_file)
-        self.verified_connections = ConnectionCache()
         self.mta_sts = (
             MtaSts(
                 self.resolver,
@@ -77,13 +85,37 @@ class SenderNode:
             else None
         )
         self.rng = random.Random()
+        self._return_path_key = ctx.master_key.derive(KEY_PURPOSE)  # derived once, not per message
         self._signers: dict[tuple[UUID, str, tuple[tuple[str, bytes], ...]], DkimSigner | SignerSet] = {}
         self._heartbeat: asyncio.Task[None] | None = None
-        self.connections = ConnectionCache()
+        self._housekeeping: asyncio.Task[None] | None = None
         # The lease outlives the longest attempt: every MX step may take the full timeout.
         self.lease_seconds = max(
             self.settings.stuck_after_seconds, 8 * self.settings.smtp_client_timeout_seconds
         )
+        s = ctx.settings
+        defaults = Limits(
+            max_connections=s.shaping_max_connections,
+            max_messages_per_connection=s.shaping_max_messages_per_connection,
+            max_deliveries_per_minute=s.shaping_max_deliveries_per_minute,
+            idle_seconds=s.shaping_idle_seconds,
+        )
+        self.shaping = load_shaping(defaults, s.shaping_file)  # a bad file stops the start
+        self._site_limits: dict[str, Limits] = {}  # a site's limits depend on its name alone
+        self.shaper = Shaper(
+            ctx.pipeline,
+            self.name,
+            window=s.shaping_window_seconds,
+            throttle=self.shaping.throttle,
+            queue_max=s.shaping_queue_max,
+            max_wait=s.shaping_max_wait_seconds,
+            # Renewed by every heartbeat; a crashed process's slots free themselves after this.
+            slot_seconds=max(30.0, 4 * s.heartbeat_seconds),
+        )
+        # Messages claimed and not yet finished: waiting in ready queues must not hold the
+        # bus's workers, so each is delivered in a task of its own, at most this many at once.
+        self._in_flight = asyncio.Semaphore(s.sender_max_in_flight)
+        self._sending: set[asyncio.Task[None]] = set()
 
     def triggers(self) -> list[Trigger]:
         """One trigger per egress source, like one Knative Trigger per IP pointing at this node."""
@@ -98,6 +130,7 @@ class SenderNode:
 
     async def start(self) -> None:
         await egress.register_node(self.ctx.pipeline, self.name, self.ips, self.settings.node_url)
+        await self.shaper.start()  # connection slots of an earlier run of this node are free
         # Whatever this node was sending before a restart is not being sent now.
         for key in await pipeline.release_node_leases(self.ctx.pipeline, self.name):
             data = MessageEvent(
@@ -105,30 +138,40 @@ class SenderNode:
             )
             await self.ctx.publisher.publish(make_event(EventType.MESSAGE_ADMITTED, data))
         self._heartbeat = asyncio.create_task(self._beat())
+        self._housekeeping = asyncio.create_task(self._keep_house())
         log_event(logger, "sender node started", node=self.name, egress_sources=self.ips)
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        await self.connections.close_idle(everything=True)
-        await self.verified_connections.close_idle(everything=True)
+        for task in (self._heartbeat, self._housekeeping, *self._sending):
+            if task is not None:
+                task.cancel()  # an unfinished message's lease runs out; the sweep re-drives it
+        for task in (self._heartbeat, self._housekeeping, *self._sending):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.shaper.stop()
         if self.mta_sts is not None:
             await self.mta_sts.close()
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
-            await self.connections.close_idle()
-            await self.verified_connections.close_idle()
             if self.settings.outbound_ips_discover:  # a floating IP may have moved here or away
                 self.ips = bindable(list(self.settings.outbound_ips))
             try:
                 stale = self.settings.heartbeat_seconds * 3
                 await egress.heartbeat(self.ctx.pipeline, self.name, self.ips, stale)
+                await self.shaper.heartbeat(self.ips)
             except Exception as exc:  # a missed beat only delays routing to us
                 log_event(logger, "heartbeat failed", logging.WARNING, error=type(exc).__name__)
+
+    async def _keep_house(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await self.shaper.housekeeping()
+            except Exception as exc:  # a slot not given back now is given back next time
+                log_event(logger, "shaping housekeeping failed", logging.WARNING, error=type(exc).__name__)
 
     async def _signer(self, org_id: UUID, mail_from: str) -> DkimSigner | SignerSet | None:
         """The signer of the most specific registered domain of the sender: its RSA key, and its
@@ -164,11 +207,30 @@ class SenderNode:
         data = event_data(event, MessageRouted)
         if data.outbound_ip not in self.ips:
             return None
-        claimed = await pipeline.claim_for_sending(
-            self.ctx.pipeline, data.message_id, data.outbound_ip, self.name, self.lease_seconds
-        )
+        await self._in_flight.acquire()  # the only wait here: this node holds its maximum
+        try:
+            claimed = await pipeline.claim_for_sending(
+                self.ctx.pipeline, data.message_id, data.outbound_ip, self.name, self.lease_seconds
+            )
+        except BaseException:
+            self._in_flight.release()
+            raise
         if claimed is None:
+            self._in_flight.release()
             return None  # a duplicate event, or another node took it
+        task = asyncio.create_task(self._send(claimed, data.outbound_ip))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+        return None  # delivery.attempted is published when the message is done
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._in_flight.release()
+        if not task.cancelled() and task.exception() is not None:
+            # The database failed us: the lease runs out and the sweep re-drives the message.
+            log_event(logger, "sending failed", logging.ERROR, error=type(task.exception()).__name__)
+
+    async def _send(self, claimed: pipeline.Claimed, outbound_ip: str) -> None:
         message = claimed.key
         by_domain: dict[str, list[str]] = defaultdict(list)
         for address, domain in claimed.recipients:
@@ -180,13 +242,11 @@ class SenderNode:
             payload = exc
         signed: bytes | None = None
         if claimed.sandbox:  # signed like any message, recorded delivered, sent to no MX
-            signed = await self._record_sandbox(message.id, by_domain, payload, data.outbound_ip)
-        transactions = (
-            [] if claimed.sandbox else await self._transactions(message.id, claimed.mail_from, by_domain)
-        )
+            signed = await self._record_sandbox(message.id, by_domain, payload, outbound_ip)
+        transactions = [] if claimed.sandbox else self._transactions(claimed, by_domain)
         results = await asyncio.gather(
             *(
-                self._deliver_and_record(message.id, domain, rcpts, mail_from, payload, data.outbound_ip)
+                self._deliver_and_record(message.id, domain, rcpts, mail_from, payload, outbound_ip)
                 for domain, rcpts, mail_from in transactions
             ),
             return_exceptions=True,
@@ -202,16 +262,17 @@ class SenderNode:
                 )
         if not await pipeline.finish_sending(self.ctx.pipeline, message.id, self.name, signed):
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=message.id)
-            return None
-        return make_event(
+            return
+        event = make_event(
             EventType.DELIVERY_ATTEMPTED,
             DeliveryAttempted(
                 message_id=message.id,
                 organization_id=message.organization_id,
                 project_id=message.project_id,
-                outbound_ip=data.outbound_ip,
+                outbound_ip=outbound_ip,
             ),
         )
+        await self.ctx.publisher.publish(event)
 
     async def _record_sandbox(
         self,
@@ -241,14 +302,19 @@ class SenderNode:
             )
         return signed
 
-    async def _transactions(
-        self, message_id: UUID, mail_from: str, by_domain: dict[str, list[str]]
+    def _transactions(
+        self, claimed: pipeline.Claimed, by_domain: dict[str, list[str]]
     ) -> list[tuple[str, list[str], str]]:
         """(domain, recipients, MAIL FROM): one per recipient with its VERP token once the
-        sender's return-path domain is verified, else one per domain."""
-        return_domain, ids = await inbound.return_path_recipients(self.ctx.pipeline, message_id)
-        key = self.ctx.master_key.derive(KEY_PURPOSE)
-        return envelope_senders(key, message_id, mail_from, return_domain, ids, by_domain)
+        sender's return-path domain is verified (the claim read both), else one per domain."""
+        return envelope_senders(
+            self._return_path_key,
+            claimed.key.id,
+            claimed.mail_from,
+            claimed.return_domain,
+            claimed.recipient_ids,
+            by_domain,
+        )
 
     async def _deliver_and_record(
         self,
@@ -265,7 +331,7 @@ class SenderNode:
             attempt = await contained(_reraise(payload), domain, recipients, source_ip)
         else:
             attempt = await contained(
-                self._attempt(domain, recipients, mail_from, payload, source_ip),
+                self._attempt(domain, recipients, mail_from, payload, source_ip, message_id),
                 domain,
                 recipients,
                 source_ip,
@@ -288,6 +354,8 @@ class SenderNode:
             domain=domain,
             mx_host=attempt.mx_host,
             egress_source=attempt.source_ip,
+            site=attempt.site,
+            waited=attempt.waited,
             tls=attempt.tls_version or "none",
             code=attempt.code,
             enhanced=attempt.enhanced,
@@ -296,7 +364,13 @@ class SenderNode:
         metrics.ATTEMPTS.labels(classify(RecipientResult(attempt.code, attempt.enhanced, attempt.text))).inc()
 
     async def _attempt(
-        self, domain: str, recipients: list[str], mail_from: str, payload: Payload, source_ip: str
+        self,
+        domain: str,
+        recipients: list[str],
+        mail_from: str,
+        payload: Payload,
+        source_ip: str,
+        message_id: UUID,
     ) -> pipeline.AttemptRecord:
         started = time.monotonic()
         mx_domain = ascii_domain(domain)
@@ -308,46 +382,105 @@ class SenderNode:
             hosts = await resolve_destination(self.resolver, mx_domain, source_ip, self.rng)
         except DeliveryDnsError as exc:
             return failed_attempt(domain, recipients, source_ip, exc.enhanced, exc.text, started)
+        names = [h.name for h in hosts]
+        site = site_name(names)
+        to = _Destination(message_id, domain, site, self._limits_of(site, names), source_ip)
         envelope = Envelope(mail_from, recipients, payload)
+        looked_up = time.monotonic()
         policy = await self.mta_sts.policy(mx_domain) if self.mta_sts is not None else None
+        if time.monotonic() - looked_up >= POLICY_WAIT_NOTED:
+            to.waits.append(f"policy: {time.monotonic() - looked_up:.1f} s for the MTA-STS policy")
         if policy is None:
-            return await self._deliver(domain, hosts, envelope, source_ip)
-        return await self._deliver_under_policy(policy, domain, hosts, envelope, source_ip, started)
+            attempt = await self._deliver(to, hosts, envelope)
+        else:
+            attempt = await self._deliver_under_policy(policy, to, hosts, envelope, started)
+        waited = "; ".join(to.waits)[:400] or None
+        return dataclasses.replace(attempt, site=to.site, waited=waited)
+
+    def _limits_of(self, site: str, mx_hosts: list[str]) -> Limits:
+        limits = self._site_limits.get(site)
+        if limits is None:
+            if len(self._site_limits) >= SITE_LIMITS_KEPT:
+                self._site_limits.clear()
+            limits = self._site_limits[site] = limits_for(self.shaping, mx_hosts)[0]
+        return limits
 
     async def _deliver(
-        self, domain: str, hosts: list[MxHost], envelope: Envelope, source_ip: str, *, verified: bool = False
+        self, to: _Destination, hosts: list[MxHost], envelope: Envelope, *, verified: bool = False
     ) -> pipeline.AttemptRecord:
-        return await deliver(
-            domain,
-            hosts,
-            envelope,
-            cache=self.verified_connections if verified else self.connections,
-            source_ip=source_ip,
-            port=self.settings.delivery_port,
-            hostname=self.settings.hostname,
-            tls=self.tls_verified if verified else self.tls,
-            step_timeout=self.settings.smtp_client_timeout_seconds,
-            unreachable="4.7.5" if verified else "4.4.1",
+        """One transaction under the site's limits: wait in its ready queue for a ticket (the
+        message's lease renewed meanwhile), deliver, give the connection back; a throttling
+        reply suspends the (IP, site)."""
+        started = time.monotonic()
+        queue = self.shaper.queue(to.source_ip, to.site, to.limits)
+        tls = self.tls_verified if verified else self.tls
+        want = Want(
+            frozenset((to.source_ip, ip, self.settings.delivery_port) for h in hosts for ip in h.addresses),
+            tls.require_verified,
         )
+        renew_every = self.lease_seconds / 3
+
+        async def renew() -> None:
+            await pipeline.extend_lease(self.ctx.pipeline, to.message_id, self.name, self.lease_seconds)
+
+        try:
+            ticket = await queue.acquire(want, renew, renew_every)
+        except ShapingRefused as exc:
+            return failed_attempt(
+                to.domain, envelope.recipients, to.source_ip, "4.4.5", f"shaping: {exc}", started
+            )
+        if ticket.why is not None:
+            to.waits.append(f"shaping: {ticket.waited:.1f} s for {ticket.why}")
+            if ticket.waited >= renew_every:  # the delivery itself gets a whole lease
+                await renew()
+        throttled = False
+        try:
+            attempt = await deliver(
+                to.domain,
+                hosts,
+                envelope,
+                ticket=ticket,
+                source_ip=to.source_ip,
+                port=self.settings.delivery_port,
+                hostname=self.settings.hostname,
+                tls=tls,
+                step_timeout=self.settings.smtp_client_timeout_seconds,
+                unreachable="4.7.5" if verified else "4.4.1",
+            )
+            throttled = is_throttling(attempt.code, attempt.enhanced, attempt.text, self.shaping.throttle)
+            if throttled:  # at once, before the slot can serve the next in line
+                queue.suspend(time.time() + self.shaping.throttle.suspend_seconds)
+        finally:
+            queue.release(ticket, reusable=not throttled)  # a throttled connection is closed
+        if throttled:
+            reply = " ".join(str(p) for p in (attempt.code, attempt.enhanced, attempt.text) if p)
+            try:
+                until = await queue.throttled(reply)
+            except Exception as exc:  # suspended here all the same; the reply is what is recorded
+                log_event(logger, "suspension not stored", logging.WARNING, error=type(exc).__name__)
+                until = queue.suspended_until
+            note = f"site {to.site} from {to.source_ip} suspended until {_clock(until)}"
+            attempt = dataclasses.replace(attempt, text=f"{attempt.text} ({note})"[:1000])
+        return attempt
 
     async def _deliver_under_policy(
         self,
         policy: Policy,
-        domain: str,
+        to: _Destination,
         hosts: list[MxHost],
         envelope: Envelope,
-        source_ip: str,
         started: float,
     ) -> pipeline.AttemptRecord:
         """`enforce`: only the MX hosts the policy names, over verified TLS, else 4.7.5.
         `testing`: the same try; when it would have failed, deliver as without a policy and
         record why in the attempt log (its TLS field, like a TLSRPT failure detail)."""
+        domain = to.domain
         tag = f"mta-sts {policy.mode} id={policy.id}"
         names = set(allowed_hosts(policy, [h.name for h in hosts]))
         matching = [h for h in hosts if h.name in names]
         failure: str
         if matching:
-            attempt = await self._deliver(domain, matching, envelope, source_ip, verified=True)
+            attempt = await self._deliver(to, matching, envelope, verified=True)
             if attempt.code is not None or policy.mode == "enforce":
                 return _noted(attempt, tag)
             failure = f"validation-failure: {attempt.text}"
@@ -356,11 +489,27 @@ class SenderNode:
             if policy.mode == "enforce":
                 text = f"MTA-STS policy of {domain} (enforce): {failure}"
                 return _noted(
-                    failed_attempt(domain, envelope.recipients, source_ip, "4.7.5", text, started), tag
+                    failed_attempt(domain, envelope.recipients, to.source_ip, "4.7.5", text, started), tag
                 )
         log_event(logger, "mta-sts testing would fail", logging.WARNING, domain=domain, reason=failure[:200])
-        attempt = await self._deliver(domain, hosts, envelope, source_ip)
+        attempt = await self._deliver(to, hosts, envelope)
         return _noted(attempt, f"{tag}: would have failed: {failure}")
+
+
+@dataclasses.dataclass
+class _Destination:
+    """One destination's delivery: where it goes, and why it waited (for the attempt log)."""
+
+    message_id: UUID
+    domain: str
+    site: str
+    limits: Limits
+    source_ip: str
+    waits: list[str] = dataclasses.field(default_factory=list)
+
+
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
 
 
 SANDBOX_NOTE = "sandbox: not sent"

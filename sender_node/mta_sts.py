@@ -4,7 +4,8 @@ Discovery is the `_mta-sts.<domain>` TXT record (its `id` says when the policy c
 policy is fetched from `https://mta-sts.<domain>/.well-known/mta-sts.txt`, with the name resolved
 through our resolver (`REMAILS_DNS_SERVERS`) and the connection made to that address while TLS
 verifies the certificate against the name. Policies are cached by id until `max_age` runs out;
-a failed discovery or fetch keeps using an unexpired cached policy (§5.1).
+a failed discovery or fetch keeps using an unexpired cached policy (§5.1). A discovery that
+failed (timeout, SERVFAIL) is not tried again for `FAILED_LOOKUP_SECONDS`.
 
 Parsing and MX matching are pure functions; `MtaSts` holds the cache and does the I/O.
 """
@@ -44,6 +45,10 @@ logger = logging.getLogger("remails.sender.mta_sts")
 Mode = Literal["enforce", "testing", "none"]
 MAX_POLICY_BYTES = 64 * 1024  # §3.2: the policy is small; a larger body is refused
 MAX_AGE_LIMIT = 31_557_600  # §3.2: at most one year
+# A `_mta-sts` lookup that failed (timeout, SERVFAIL) is not asked again for this long: a
+# destination with a broken resolver path would otherwise cost the timeout on every delivery.
+FAILED_LOOKUP_SECONDS = 300.0
+MAX_FAILED_KEPT = 10_000  # past this the failed-lookup memory starts over
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
@@ -136,8 +141,10 @@ class MtaSts:
         *,
         port: int = 443,
         timeout: float = 10.0,
+        failed_lookup_seconds: float = FAILED_LOOKUP_SECONDS,
     ) -> None:
         self.resolver = resolver
+        self.failed_lookup_seconds = failed_lookup_seconds
         self.port = port
         self.timeout = timeout
         # A context of its own: httpx sets ALPN on it, which SMTP must not offer.
@@ -146,6 +153,7 @@ class MtaSts:
             tls.load_verify_locations(cafile=ca_file)
         self._client = httpx.AsyncClient(verify=tls, timeout=timeout, follow_redirects=False, trust_env=False)
         self._cache: dict[str, _Cached] = {}
+        self._failed: dict[str, float] = {}  # domain → monotonic time its lookup may be tried again
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -158,9 +166,18 @@ class MtaSts:
         if cached is not None and cached.expires <= now:
             del self._cache[domain]
             cached = None
+        retry_at = self._failed.get(domain)
+        if retry_at is not None:
+            if retry_at > now:
+                return _in_force(cached)  # failed a moment ago: as if it failed again
+            del self._failed[domain]
         try:
             texts, _ = await txt_lookup(self.resolver, f"_mta-sts.{domain}")
-        except DnsFailure:
+        except DnsFailure as exc:
+            if len(self._failed) >= MAX_FAILED_KEPT:
+                self._failed.clear()
+            self._failed[domain] = time.monotonic() + self.failed_lookup_seconds
+            log_event(logger, "mta-sts lookup failed", logging.WARNING, domain=domain, error=str(exc)[:200])
             return _in_force(cached)
         policy_id = parse_sts_record(texts)
         if policy_id is None:  # §5.1: an unexpired cached policy still holds without the record

@@ -15,9 +15,10 @@ import aiosmtplib
 
 from remails.db.pipeline import AttemptRecord
 from remails.outcomes import split_enhanced
-from sender_node.connections import CachedConnection, ConnectionCache
+from sender_node.connections import CachedConnection
 from sender_node.mx import MxHost
 from sender_node.payload import Payload
+from sender_node.site_queue import Ticket
 from sender_node.transaction_plan import mail_options, plan_transaction
 
 __all__ = ["Envelope", "TlsPolicy", "contained", "deliver", "failed_attempt"]
@@ -64,7 +65,12 @@ class Path:
 
 
 class _ConnectionFailed(Exception):
-    """Nothing was said with this host (connect, greeting, EHLO or TLS failed): try the next."""
+    """Nothing was said with this host (connect, greeting, EHLO or TLS failed): try the next.
+    `reply`: the 4xx the host greeted (or answered EHLO) with, e.g. a throttling 421."""
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class _LostBeforeData(Exception):
@@ -94,7 +100,11 @@ async def _greet(path: Path) -> aiosmtplib.SMTP:
         await client.ehlo()
     except (aiosmtplib.SMTPException, OSError) as exc:
         client.close()
-        raise _ConnectionFailed(f"{path.host.name}[{path.ip}]: {type(exc).__name__}: {exc}") from exc
+        reply = None
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and 400 <= exc.code <= 499:
+            reply = _reply(exc.code, exc.message)
+        message = f"{path.host.name}[{path.ip}]: {type(exc).__name__}: {exc}"
+        raise _ConnectionFailed(message, reply) from exc
     return client
 
 
@@ -104,6 +114,13 @@ def _tls_failure(exc: BaseException) -> str:
 
 
 async def _connect(path: Path) -> CachedConnection:
+    connection = await _open(path)
+    connection.path = (path.source_ip, path.ip, path.port)
+    connection.verified = path.tls.require_verified
+    return connection
+
+
+async def _open(path: Path) -> CachedConnection:
     client = await _greet(path)
     if not client.supports_extension("starttls"):
         if path.tls.require_verified:
@@ -197,7 +214,7 @@ async def deliver(
     hosts: list[MxHost],
     envelope: Envelope,
     *,
-    cache: ConnectionCache,
+    ticket: Ticket,
     source_ip: str,
     port: int,
     hostname: str,
@@ -205,64 +222,99 @@ async def deliver(
     step_timeout: float,
     unreachable: str = "4.4.1",
 ) -> AttemptRecord:
-    """Try the MX hosts in order until one holds a conversation; a connection-level failure
-    moves to the next, an SMTP reply (even 4xx) ends the attempt. `unreachable`: the enhanced
-    code when none held one (4.7.5 when a policy demanded verified TLS)."""
+    """Try the MX hosts in order until one holds a conversation (the ticket's idle connection
+    first, when it has one); a connection-level failure moves to the next, an SMTP reply (even
+    4xx) ends the attempt. The connection used stays on the ticket for its queue to take back.
+    `unreachable`: the enhanced code when none held one (4.7.5 when a policy demanded
+    verified TLS)."""
     started = time.monotonic()
     errors: list[str] = []
-    for host in hosts:
-        for ip in host.addresses:
-            path = Path(host, ip, port, source_ip, hostname, tls, step_timeout)
-            key = (source_ip, ip, port)
-            try:
-                connection, replies, (code, enhanced, text) = await _on_path(path, key, cache, envelope)
-            except (_ConnectionFailed, _LostBeforeData) as exc:
-                errors.append(str(exc))
-                continue
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                # Lost during or after DATA: it may have arrived; deferred, the retry may duplicate.
-                text = f"connection lost during DATA with {host.name}[{ip}]: {type(exc).__name__}"
-                return failed_attempt(domain, envelope.recipients, source_ip, "4.4.2", text, started)
-            return AttemptRecord(
-                domain=domain,
-                recipients=envelope.recipients,
-                mx_host=host.name,
-                source_ip=source_ip,
-                tls_version=connection.tls_note,
-                code=code,
-                enhanced=enhanced,
-                text=text,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                replies=replies,
-            )
+    paths = [
+        Path(host, ip, port, source_ip, hostname, tls, step_timeout)
+        for host in hosts
+        for ip in host.addresses
+    ]
+    if ticket.connection is not None:
+        reused = ticket.connection.path
+        paths.sort(key=lambda p: (p.source_ip, p.ip, p.port) != reused)  # stable: the rest keep their order
+    greeted: tuple[str, Reply] | None = None  # the last host that refused us with a 4xx greeting
+    for path in paths:
+        host, ip = path.host, path.ip
+        try:
+            connection, replies, (code, enhanced, text) = await _on_path(path, ticket, envelope)
+        except (_ConnectionFailed, _LostBeforeData) as exc:
+            errors.append(str(exc))
+            if isinstance(exc, _ConnectionFailed) and exc.reply is not None:
+                greeted = (host.name, exc.reply)
+            continue
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # Lost during or after DATA: it may have arrived; deferred, the retry may duplicate.
+            text = f"connection lost during DATA with {host.name}[{ip}]: {type(exc).__name__}"
+            return failed_attempt(domain, envelope.recipients, source_ip, "4.4.2", text, started)
+        return AttemptRecord(
+            domain=domain,
+            recipients=envelope.recipients,
+            mx_host=host.name,
+            source_ip=source_ip,
+            tls_version=connection.tls_note,
+            code=code,
+            enhanced=enhanced,
+            text=text,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            replies=replies,
+        )
+    if greeted is not None:  # a server's own word (a 421 "try again later") is recorded as such
+        name, reply = greeted
+        return AttemptRecord(
+            domain=domain,
+            recipients=envelope.recipients,
+            mx_host=name,
+            source_ip=source_ip,
+            tls_version=None,
+            code=reply[0],
+            enhanced=reply[1],
+            text=reply[2],
+            duration_ms=int((time.monotonic() - started) * 1000),
+            replies=dict.fromkeys(envelope.recipients, reply),
+        )
     text = "no MX host answered: " + "; ".join(errors[-3:])
     return failed_attempt(domain, envelope.recipients, source_ip, unreachable, text, started)
 
 
 async def _on_path(
-    path: Path, key: tuple[str, str, int], cache: ConnectionCache, envelope: Envelope
+    path: Path, ticket: Ticket, envelope: Envelope
 ) -> tuple[CachedConnection, dict[str, Reply], Reply]:
-    """One transaction on a cached connection, or on a new one when there is none or the cached
-    one turns out to be closed before DATA. The connection goes back to the cache if it lives."""
-    connection = cache.take(key)
+    """One transaction on the ticket's connection when it goes to this path, or on a new one
+    when there is none or it turns out to be closed before DATA. A connection that fails is
+    closed and leaves the ticket (its slot stays, for the next path)."""
+    connection = ticket.connection
+    if connection is not None and connection.path != (path.source_ip, path.ip, path.port):
+        connection = None  # kept on the ticket until a new one replaces it
     if connection is not None:
         try:
             replies, final = await _transaction(connection.client, envelope)
         except _LostBeforeData:
-            connection.client.close()
+            _drop(ticket)
             connection = None
         except BaseException:
-            connection.client.close()
+            _drop(ticket)
             raise
     if connection is None:
-        connection = await _connect(path)
+        _drop(ticket)  # the slot holds one connection at a time: the old one goes first
+        ticket.connection = connection = await _connect(path)
         try:
             replies, final = await _transaction(connection.client, envelope)
         except BaseException:
-            connection.client.close()
+            _drop(ticket)
             raise
-    cache.give_back(key, connection)
+    connection.messages += 1
     return connection, replies, final
+
+
+def _drop(ticket: Ticket) -> None:
+    if ticket.connection is not None:
+        ticket.connection.client.close()
+        ticket.connection = None
 
 
 def failed_attempt(

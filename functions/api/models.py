@@ -270,6 +270,8 @@ class AttemptOut(BaseModel):
     text: str | None
     duration_ms: int
     started_at: datetime
+    site: str | None = Field(default=None, description="the destination site: its MX host names")
+    waited: str | None = Field(default=None, description="why the attempt waited before it started")
 
 
 class MessageDetail(_MessageFields):

@@ -10,9 +10,11 @@ from cloudevents.http import CloudEvent
 
 from remails.bus.filters import Filter, matches
 
-__all__ = ["Handler", "Publisher", "Trigger", "matches"]
+__all__ = ["BatchHandler", "Handler", "Publisher", "Trigger", "matches"]
 
 Handler = Callable[[CloudEvent], Awaitable[CloudEvent | None]]
+# Several events of one trigger at once; the replies to publish (any number, in any order).
+BatchHandler = Callable[[Sequence[CloudEvent]], Awaitable[Sequence[CloudEvent]]]
 
 
 class Publisher(Protocol):
@@ -21,8 +23,10 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True)
 class Trigger:
-    """A subscription: events whose attributes match `filters` go to `handler`."""
+    """A subscription: events whose attributes match `filters` go to `handler`, or, on a bus
+    that batches, the events pending at once to `batch_handler` when there is one."""
 
     name: str
     filters: Sequence[Filter]
     handler: Handler
+    batch_handler: BatchHandler | None = None

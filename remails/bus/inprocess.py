@@ -6,6 +6,11 @@ event is published back onto the bus, like a Knative Broker does with a 200 repl
 Delivery is at-least-once within the process; the database and the sweeper cover a crash,
 and an event refused because the queue is full (a notice, not the truth) is re-emitted by the
 sweep like a lost one.
+
+A trigger with a batch handler gets the events pending for it at once (at most `batch_max`,
+waiting at most `batch_wait` seconds for more after the first), from `batch_workers` tasks of
+its own. When a batch fails, each of its events is retried alone through the single handler,
+so one bad event cannot take its neighbours to the dead-letter log.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import asyncio
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from cloudevents.http import CloudEvent
 
@@ -40,6 +46,7 @@ class _Delivery:
     trigger: Trigger
     event: CloudEvent
     attempt: int = 1
+    single: bool = False  # through the single handler even when the trigger batches
 
 
 @dataclass
@@ -50,18 +57,31 @@ class InProcessBus:
     backoff_cap: float = 5.0
     queue_size: int = 100_000
     dead_letters_kept: int = 1000
+    batch_max: int = 64
+    batch_wait: float = 0.0
+    batch_workers: int = 2
     dead_letters: deque[DeadLetter] = field(init=False)
     _triggers: list[Trigger] = field(default_factory=list)
     _queue: asyncio.Queue[_Delivery] = field(init=False)
+    _batch_queues: dict[int, asyncio.Queue[_Delivery]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _timers: set[asyncio.TimerHandle] = field(default_factory=set)
+    _unfinished: int = 0
+    _idle: asyncio.Event = field(init=False)
 
     def __post_init__(self) -> None:
         self.dead_letters = deque(maxlen=self.dead_letters_kept)
         self._queue = asyncio.Queue(self.queue_size)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def subscribe(self, trigger: Trigger) -> None:
         self._triggers.append(trigger)
+        if trigger.batch_handler is not None:
+            queue: asyncio.Queue[_Delivery] = asyncio.Queue(self.queue_size)
+            self._batch_queues[id(trigger)] = queue
+            if self._tasks:  # subscribed after start
+                self._start_batches(trigger, queue)
 
     async def publish(self, event: CloudEvent) -> None:
         attributes = event.get_attributes()
@@ -70,8 +90,13 @@ class InProcessBus:
                 self._enqueue(_Delivery(trigger, event))
 
     def _enqueue(self, delivery: _Delivery) -> None:
+        queue = self._queue
+        if delivery.trigger.batch_handler is not None and not delivery.single:
+            queue = self._batch_queues[id(delivery.trigger)]
         try:
-            self._queue.put_nowait(delivery)
+            queue.put_nowait(delivery)
+            self._unfinished += 1
+            self._idle.clear()
         except asyncio.QueueFull:
             log_event(
                 logger,
@@ -82,8 +107,22 @@ class InProcessBus:
                 event_id=delivery.event["id"],
             )
 
+    def _done(self, count: int = 1) -> None:
+        self._unfinished -= count
+        if self._unfinished == 0:
+            self._idle.set()
+
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+        for trigger in self._triggers:
+            queue = self._batch_queues.get(id(trigger))
+            if queue is not None:
+                self._start_batches(trigger, queue)
+
+    def _start_batches(self, trigger: Trigger, queue: asyncio.Queue[_Delivery]) -> None:
+        self._tasks += [
+            asyncio.create_task(self._work_batches(trigger, queue)) for _ in range(self.batch_workers)
+        ]
 
     async def stop(self) -> None:
         for timer in self._timers:
@@ -95,7 +134,7 @@ class InProcessBus:
 
     async def drain(self) -> None:
         """Wait until every queued delivery has been handled (retries pending excluded)."""
-        await self._queue.join()
+        await self._idle.wait()
 
     async def _work(self) -> None:
         while True:
@@ -104,6 +143,44 @@ class InProcessBus:
                 await self._deliver(delivery)
             finally:
                 self._queue.task_done()
+                self._done()
+
+    async def _work_batches(self, trigger: Trigger, queue: asyncio.Queue[_Delivery]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.batch_wait
+            while len(batch) < self.batch_max:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                await self._deliver_batch(trigger, batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+                self._done(len(batch))
+
+    async def _deliver_batch(self, trigger: Trigger, batch: Sequence[_Delivery]) -> None:
+        if trigger.batch_handler is None:
+            raise TypeError(f"trigger {trigger.name} has no batch handler")
+        try:
+            replies = await trigger.batch_handler([d.event for d in batch])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for delivery in batch:
+                self._failed(replace(delivery, single=True), exc)
+            return
+        for reply in replies:
+            await self.publish(reply)
 
     async def _deliver(self, delivery: _Delivery) -> None:
         try:
@@ -137,7 +214,7 @@ class InProcessBus:
             cap=self.backoff_cap,
             jitter=random.uniform(-1, 1),
         )
-        retry = _Delivery(delivery.trigger, event, delivery.attempt + 1)
+        retry = replace(delivery, attempt=delivery.attempt + 1)
 
         def requeue() -> None:
             self._timers.discard(timer)

@@ -15,8 +15,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from remails.db.rows import Executor, transaction
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "recipient_address",
     "record_return_path",
     "report_target",
-    "return_path_recipients",
     "store_dmarc_report",
     "store_inbound",
     "unprocessed_inbound",
@@ -374,26 +371,3 @@ async def record_return_path(conn: Executor, domain_id: UUID, result: dict[str, 
         json.dumps(result),
         ok,
     )
-
-
-# The most specific verified domain with a verified return path that the envelope sender is
-# in (sender a@mail.example.com: mail.example.com before example.com), and the recipient ids.
-_RETURN_PATH = """
-SELECT (SELECT d.name FROM domains d
-         WHERE d.organization_id = m.organization_id AND d.verified_at IS NOT NULL
-           AND d.return_path_verified_at IS NOT NULL
-           AND (lower(split_part(m.mail_from, '@', 2)) = d.name
-                OR lower(split_part(m.mail_from, '@', 2)) LIKE '%.' || d.name)
-         ORDER BY length(d.name) DESC LIMIT 1) AS domain,
-       ARRAY(SELECT r.address FROM recipients r WHERE r.message_id = m.id ORDER BY r.id) AS addresses,
-       ARRAY(SELECT r.id FROM recipients r WHERE r.message_id = m.id ORDER BY r.id) AS ids
-  FROM messages m WHERE m.id = $1
-"""
-
-
-async def return_path_recipients(conn: Executor, message_id: UUID) -> tuple[str | None, dict[str, int]]:
-    """(the domain whose rp.<domain> carries this message's bounces, or None; address → id)."""
-    row: asyncpg.Record | None = await conn.fetchrow(_RETURN_PATH, message_id)
-    if row is None or row["domain"] is None:
-        return None, {}
-    return str(row["domain"]), dict(zip(row["addresses"], row["ids"], strict=True))

@@ -9,7 +9,7 @@ message first — and callers then do nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -20,20 +20,29 @@ __all__ = [
     "AttemptRecord",
     "Attempted",
     "Claimed",
+    "IntakeDecision",
+    "IntakeResult",
     "MessageKey",
     "MessageRow",
+    "Outcome",
     "RecipientRow",
+    "ToIntake",
     "ToRoute",
     "ToValidate",
     "admit",
     "advance",
+    "apply_intake",
     "apply_outcome",
+    "apply_outcomes",
     "apply_validation",
     "claim_for_sending",
+    "extend_lease",
     "finish_sending",
     "hold_blocked",
     "load_attempted",
+    "load_attempted_many",
     "load_message",
+    "load_to_intake",
     "load_to_route",
     "load_to_validate",
     "record_destination",
@@ -301,6 +310,174 @@ async def set_route(conn: Executor, message_id: UUID, outbound_ip: str) -> bool:
     return result is not None
 
 
+# -- intake: validate + quota + route at once ---------------------------------------------------
+# When one process hosts all three steps (the all-in-one runtime), a batch of received messages
+# is loaded in one query and moved in one statement, each guarded as the three steps are.
+
+
+@dataclass(frozen=True)
+class ToIntake:
+    validate: ToValidate
+    attempts: int
+    live_ips: list[str]
+
+
+_TO_INTAKE = """
+SELECT m.id, m.organization_id, m.project_id, m.status::text, m.mail_from, m.attempts,
+       substring(m.raw FROM 1 FOR COALESCE(NULLIF(position('\\x0d0a0d0a'::bytea IN m.raw), 0) + 1,
+                                            octet_length(m.raw))) AS head,
+       ARRAY(SELECT r.address FROM recipients r WHERE r.message_id = m.id ORDER BY r.id) AS recipients,
+       ARRAY(SELECT s.address FROM recipients r JOIN suppressions s
+                ON s.organization_id = m.organization_id AND s.address = lower(r.address)
+              WHERE r.message_id = m.id) AS suppressed,
+       ARRAY(SELECT d.name FROM domains d JOIN domain_projects dp ON dp.domain_id = d.id
+              WHERE dp.project_id = m.project_id AND d.verified_at IS NOT NULL) AS verified,
+       ARRAY(SELECT host(o.ip) FROM outbound_ips o
+               JOIN sender_nodes n ON n.name = o.node_name
+              WHERE n.heartbeat_at > now() - make_interval(secs => $2)
+                AND o.pool_id IS NOT DISTINCT FROM org.ip_pool_id
+              ORDER BY o.ip) AS live_ips
+  FROM messages m JOIN organizations org ON org.id = m.organization_id
+ WHERE m.id = ANY($1::uuid[]) AND m.status = 'received'
+"""
+
+
+async def load_to_intake(conn: Executor, message_ids: Sequence[UUID], fresh_seconds: float) -> list[ToIntake]:
+    """The received ones among `message_ids`, with what validate and route need."""
+    rows = await conn.fetch(_TO_INTAKE, list(message_ids), fresh_seconds)
+    return [
+        ToIntake(
+            ToValidate(
+                MessageKey(row["id"], row["organization_id"], row["project_id"]),
+                row["status"],
+                row["mail_from"],
+                bytes(row["head"]),
+                list(row["recipients"]),
+                set(row["suppressed"]),
+                list(row["verified"]),
+            ),
+            row["attempts"],
+            list(row["live_ips"]),
+        )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class IntakeDecision:
+    message_id: UUID
+    reject_reason: str | None
+    suppressed: list[str]
+    outbound_ip: str | None  # None: no live egress source now (stays admitted for the sweep)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    message_id: UUID
+    status: str  # rejected | held (quota) | admitted (no egress source) | routed
+    webhooks: int
+
+
+# apply_intake: received → rejected | held | admitted | routed for a whole batch. Only messages
+# still `received` whose organization may send move (rows locked in id order, so two batches
+# never deadlock); the rest are left to the caller (a duplicate, or a block to hold). Quota is
+# granted per organization under its row lock, first messages first, exactly as admit does one
+# at a time, with its 80 % / 100 % notifications; suppressed recipients are marked.
+_INTAKE = """
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, reject_reason, ip)
+), m AS (
+    SELECT m.id, m.organization_id, i.reject_reason, i.ip
+      FROM messages m JOIN i ON i.id = m.id
+      JOIN organizations org ON org.id = m.organization_id AND org.block_status = 'not_blocked'
+     WHERE m.status = 'received'
+     ORDER BY m.id FOR UPDATE OF m
+), want AS (
+    SELECT organization_id, count(*) AS n FROM m WHERE reject_reason IS NULL GROUP BY 1
+), o AS (
+    -- Locking reads the newest committed row, so concurrent batches never over-count; NO KEY
+    -- (as an UPDATE takes) leaves the foreign-key checks of concurrent inserts unblocked.
+    SELECT o.id, o.monthly_quota,
+           CASE WHEN o.quota_period_start < date_trunc('month', now())::date THEN 0
+                ELSE o.quota_used END AS used
+      FROM organizations o WHERE o.id IN (SELECT organization_id FROM want)
+     ORDER BY o.id FOR NO KEY UPDATE
+), granted AS (
+    SELECT o.id, o.monthly_quota, o.used, least(w.n, greatest(o.monthly_quota - o.used, 0))::int AS allowed
+      FROM o JOIN want w ON w.organization_id = o.id
+), counted AS (
+    UPDATE organizations
+       SET quota_used = g.used + g.allowed, quota_period_start = date_trunc('month', now())::date,
+           updated_at = now()
+      FROM granted g WHERE organizations.id = g.id AND g.allowed > 0
+), noticed AS (
+    -- quota.warning when the count passed through [80 %, 100 %), quota.exhausted when it
+    -- reached 100 %: once a month each (the once-key), as with one message at a time.
+    INSERT INTO notifications (organization_id, kind, message, details, once_key)
+    SELECT g.id, k.kind,
+           'Monthly quota: ' || (g.used + g.allowed) || ' of ' || g.monthly_quota || ' messages used'
+             || CASE WHEN k.kind = 'quota.exhausted' THEN '; further messages are held' ELSE '' END,
+           jsonb_build_object('used', g.used + g.allowed, 'limit', g.monthly_quota,
+                              'month', to_char(date_trunc('month', now()), 'YYYY-MM')),
+           to_char(date_trunc('month', now()), 'YYYY-MM')
+      FROM granted g, (VALUES ('quota.warning'), ('quota.exhausted')) AS k(kind)
+     WHERE g.allowed > 0
+       AND CASE k.kind WHEN 'quota.warning'
+                THEN greatest(g.used + 1, (4 * g.monthly_quota + 4) / 5)
+                     <= least(g.used + g.allowed, g.monthly_quota - 1)
+                ELSE g.used + g.allowed >= g.monthly_quota END
+    ON CONFLICT (organization_id, kind, once_key) WHERE once_key IS NOT NULL DO NOTHING
+), ranked AS (
+    SELECT m.id, m.reject_reason, m.ip,
+           CASE WHEN m.reject_reason IS NOT NULL THEN 'rejected'
+                WHEN row_number() OVER (PARTITION BY m.organization_id, m.reject_reason IS NULL ORDER BY m.id)
+                     > g.allowed THEN 'held'
+                WHEN m.ip IS NULL THEN 'admitted'
+                ELSE 'routed' END AS status
+      FROM m LEFT JOIN granted g ON g.id = m.organization_id
+), moved AS (
+    UPDATE messages
+       SET status = r.status::message_status,
+           reason = CASE r.status WHEN 'rejected' THEN r.reject_reason
+                                  WHEN 'held' THEN 'monthly quota used up' END,
+           outbound_ip = CASE WHEN r.status = 'routed' THEN r.ip::inet ELSE messages.outbound_ip END,
+           finished_at = CASE WHEN r.status = 'rejected' THEN now() END, updated_at = now()
+      FROM ranked r WHERE messages.id = r.id
+    RETURNING messages.id, r.status
+), suppressed AS (
+    UPDATE recipients SET status = 'suppressed', last_text = 'address is on the suppression list',
+           updated_at = now()
+      FROM unnest($4::uuid[], $5::text[]) AS s(message_id, address)
+     WHERE recipients.message_id = s.message_id AND lower(recipients.address) = s.address
+       AND s.message_id IN (SELECT id FROM m)
+    RETURNING 1
+)
+-- The WHERE makes the recipients' update run before the webhooks read them.
+SELECT mv.id, mv.status,
+       CASE mv.status WHEN 'rejected' THEN enqueue_webhooks(mv.id, 'message.rejected')
+                      WHEN 'held' THEN enqueue_webhooks(mv.id, 'message.held') ELSE 0 END
+     + CASE WHEN mv.id = ANY($4::uuid[]) THEN enqueue_webhooks(mv.id, 'message.suppressed') ELSE 0 END
+       AS webhooks
+  FROM moved mv WHERE (SELECT count(*) FROM suppressed) >= 0
+"""
+
+
+async def apply_intake(conn: Executor, decisions: Sequence[IntakeDecision]) -> list[IntakeResult]:
+    """Move the decided messages that are still `received`; the others are not in the result."""
+    if not decisions:
+        return []
+    pairs = [(d.message_id, a.lower()) for d in decisions for a in d.suppressed]
+    rows = await conn.fetch(
+        _INTAKE,
+        [d.message_id for d in decisions],
+        [d.reject_reason for d in decisions],
+        [d.outbound_ip for d in decisions],
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return [IntakeResult(r["id"], r["status"], r["webhooks"]) for r in rows]
+
+
 # -- send -------------------------------------------------------------------------------------
 
 
@@ -311,40 +488,58 @@ class Claimed:
     raw: bytes
     recipients: list[tuple[str, str]]  # (address, domain) of the recipients still to deliver
     sandbox: bool = False  # its project's messages are signed and recorded, never sent
+    # The verified return-path domain for the sender (VERP), if any, and the row id of each
+    # recipient to deliver, read by the claim itself.
+    return_domain: str | None = None
+    recipient_ids: dict[str, int] = field(default_factory=dict)
 
 
 # claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt
 # and returns what the sender needs, in one statement. A blocked organization's message is
-# held instead (resuming at admitted: routed again when released).
+# held instead (resuming at admitted: routed again when released), by the same UPDATE.
 _CLAIM = """
-WITH held AS (
-    UPDATE messages SET status = 'held', resume_status = 'admitted', reason = $5, updated_at = now()
-     WHERE id = $1 AND status = 'routed' AND outbound_ip = $2::inet
-       AND NOT organization_may_send(organization_id)
-    RETURNING id
-), c AS (
-    UPDATE messages
-       SET status = 'sending', lease_owner = $3, lease_until = now() + make_interval(secs => $4),
-           attempts = attempts + 1, updated_at = now()
-     WHERE id = $1 AND status = 'routed' AND outbound_ip = $2::inet
-       AND organization_may_send(organization_id)
-    RETURNING id, organization_id, project_id, mail_from, raw
+WITH c AS (
+    UPDATE messages m
+       SET status = CASE WHEN o.block_status = 'not_blocked' THEN 'sending'
+                         ELSE 'held' END::message_status,
+           resume_status = CASE WHEN o.block_status = 'not_blocked' THEN m.resume_status
+                                ELSE 'admitted' END,
+           reason = CASE WHEN o.block_status = 'not_blocked' THEN m.reason ELSE $5 END,
+           lease_owner = CASE WHEN o.block_status = 'not_blocked' THEN $3 END,
+           lease_until = CASE WHEN o.block_status = 'not_blocked'
+                              THEN now() + make_interval(secs => $4) END,
+           attempts = m.attempts + CASE WHEN o.block_status = 'not_blocked' THEN 1 ELSE 0 END,
+           updated_at = now()
+      FROM organizations o
+     WHERE m.id = $1 AND m.status = 'routed' AND m.outbound_ip = $2::inet AND o.id = m.organization_id
+    RETURNING m.id, m.organization_id, m.project_id, m.mail_from, m.raw, m.status::text AS status
+), r AS (
+    SELECT array_agg(r.address ORDER BY r.id) AS addresses, array_agg(r.domain ORDER BY r.id) AS domains,
+           array_agg(r.id ORDER BY r.id) AS ids
+      FROM recipients r WHERE r.message_id IN (SELECT id FROM c) AND r.status IN ('pending', 'deferred')
 )
-SELECT c.*, (SELECT p.sandbox FROM projects p WHERE p.id = c.project_id) AS sandbox,
-       ARRAY(SELECT r.address FROM recipients r
-              WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS addresses,
-       ARRAY(SELECT r.domain FROM recipients r
-              WHERE r.message_id = c.id AND r.status IN ('pending', 'deferred') ORDER BY r.id) AS domains
--- The WHERE (a one-time filter) queues the held message's webhooks whether or not c has a row.
-  FROM c WHERE (SELECT count(enqueue_webhooks(id, 'message.held')) FROM held) >= 0
+SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox,
+       CASE WHEN c.status = 'sending' THEN c.raw END AS raw,
+       COALESCE(r.addresses, '{}') AS addresses, COALESCE(r.domains, '{}') AS domains,
+       COALESCE(r.ids, '{}') AS ids,
+       (SELECT d.name FROM domains d
+         WHERE d.organization_id = c.organization_id AND d.verified_at IS NOT NULL
+           AND d.return_path_verified_at IS NOT NULL
+           AND (lower(split_part(c.mail_from, '@', 2)) = d.name
+                OR lower(split_part(c.mail_from, '@', 2)) LIKE '%.' || d.name)
+         ORDER BY length(d.name) DESC LIMIT 1) AS return_domain,
+       CASE WHEN c.status = 'held' THEN enqueue_webhooks(c.id, 'message.held') END AS held_webhooks
+  FROM c JOIN projects p ON p.id = c.project_id, r
 """
 
 
 async def claim_for_sending(
     conn: Executor, message_id: UUID, outbound_ip: str, node: str, lease_seconds: float
 ) -> Claimed | None:
+    """None: not routed to this IP (a duplicate event, or another node took it), or held
+    because its organization is blocked."""
     row = await conn.fetchrow(_CLAIM, message_id, outbound_ip, node, lease_seconds, BLOCKED_REASON)
-    if row is None:
+    if row is None or row["status"] != "sending":
         return None
     key = MessageKey(row["id"], row["organization_id"], row["project_id"])
     return Claimed(
@@ -353,6 +548,8 @@ async def claim_for_sending(
         bytes(row["raw"]),
         list(zip(row["addresses"], row["domains"], strict=True)),
         bool(row["sandbox"]),
+        row["return_domain"],
+        dict(zip(row["addresses"], row["ids"], strict=True)),
     )
 
 
@@ -370,6 +567,8 @@ class AttemptRecord:
     text: str
     duration_ms: int
     replies: dict[str, tuple[int | None, str | None, str]]  # address → (code, enhanced, text)
+    site: str | None = None  # the destination site (its MX host names), when it was resolved
+    waited: str | None = None  # why the attempt waited before it started, if it did
 
 
 # record_destination: one destination's attempt row and its recipients' replies, stored as
@@ -391,8 +590,8 @@ WITH m AS (
        AND recipients.status IN ('pending', 'deferred')
 ), a AS (
     INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,
-                          enhanced, text, duration_ms)
-    SELECT m.id, $4, $5::text[], $6, $7::inet, $8, $9, $10, $11, $12 FROM m
+                          enhanced, text, duration_ms, site, waited)
+    SELECT m.id, $4, $5::text[], $6, $7::inet, $8, $9, $10, $11, $12, $13, $14 FROM m
 )
 SELECT id FROM m
 """
@@ -423,6 +622,8 @@ async def record_destination(
         a.enhanced,
         a.text,
         a.duration_ms,
+        a.site,
+        a.waited,
     )
     return found is not None
 
@@ -439,6 +640,19 @@ RETURNING id
 
 async def finish_sending(conn: Executor, message_id: UUID, node: str, signed: bytes | None = None) -> bool:
     return await conn.fetchval(_FINISH, message_id, node, signed) is not None
+
+
+async def extend_lease(conn: Executor, message_id: UUID, node: str, seconds: float) -> bool:
+    """Renew the sending lease of a message that waits (a shaped destination) so the sweep
+    does not take it back; False when the lease is no longer this node's."""
+    found = await conn.fetchval(
+        "UPDATE messages SET lease_until = now() + make_interval(secs => $3)"
+        " WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id",
+        message_id,
+        node,
+        seconds,
+    )
+    return found is not None
 
 
 async def release_node_leases(conn: Executor, node: str) -> list[MessageKey]:
@@ -533,3 +747,96 @@ async def apply_outcome(
         [why for _, why in suppress],
     )
     return queued
+
+
+# -- decide, for a batch ----------------------------------------------------------------------
+
+
+async def load_attempted_many(conn: Executor, message_ids: Sequence[UUID]) -> list[Attempted]:
+    """The `attempted` ones among `message_ids`, as load_attempted reads each."""
+    rows = await conn.fetch(_ATTEMPTED_MANY, list(message_ids))
+    return [
+        Attempted(
+            MessageKey(row["id"], row["organization_id"], row["project_id"]),
+            row["status"],
+            row["attempts"],
+            row["expires_at"],
+            [RecipientRow(**r) for r in row["recipients"]],
+            row["created_at"],
+        )
+        for row in rows
+    ]
+
+
+_ATTEMPTED_MANY = _ATTEMPTED.replace(
+    "WHERE m.id = $1", "WHERE m.id = ANY($1::uuid[]) AND m.status = 'attempted'"
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the decide step concluded for one attempted message."""
+
+    message_id: UUID
+    status: str
+    reason: str | None
+    next_attempt: datetime | None
+    recipient_statuses: dict[int, str]
+    suppress: list[tuple[str, str]]  # (address, why)
+
+
+# apply_outcomes: apply_outcome for a batch, in one statement: each message moves only if
+# still `attempted` (rows locked in id order), with its recipients, suppressions and webhooks.
+_OUTCOMES = """
+WITH o AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+                  AS o(id, status, reason, next_attempt_at)
+), locked AS (
+    SELECT id FROM messages WHERE id IN (SELECT id FROM o) AND status = 'attempted'
+     ORDER BY id FOR UPDATE
+), m AS (
+    UPDATE messages
+       SET status = o.status::message_status, reason = o.reason, next_attempt_at = o.next_attempt_at,
+           updated_at = now(),
+           finished_at = CASE WHEN o.status IN ('delivered', 'bounced', 'failed') THEN now() END
+      FROM o WHERE messages.id = o.id AND messages.id IN (SELECT id FROM locked)
+    RETURNING messages.id, messages.organization_id, o.status
+), r AS (
+    UPDATE recipients
+       SET status = u.status::recipient_status, updated_at = now(),
+           delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE recipients.delivered_at END
+      FROM unnest($5::bigint[], $6::text[]) AS u(id, status)
+     WHERE recipients.id = u.id AND recipients.message_id IN (SELECT id FROM m)
+    RETURNING 1
+), s AS (
+    INSERT INTO suppressions (organization_id, address, reason)
+    SELECT m.organization_id, lower(x.address), x.reason
+      FROM m JOIN unnest($7::uuid[], $8::text[], $9::text[]) AS x(message_id, address, reason)
+        ON x.message_id = m.id
+    ON CONFLICT DO NOTHING
+)
+-- The outbox rows are written with the outcomes; the WHERE runs the recipients' update first.
+SELECT id, status, enqueue_webhooks(id, 'message.' || status) AS webhooks
+  FROM m WHERE (SELECT count(*) FROM r) >= 0
+"""
+
+
+async def apply_outcomes(conn: Executor, outcomes: Sequence[Outcome]) -> dict[UUID, int]:
+    """Message id → webhooks queued, for the messages that were still `attempted`."""
+    if not outcomes:
+        return {}
+    statuses = [(rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
+    suppress = [(o.message_id, address, why) for o in outcomes for address, why in o.suppress]
+    rows = await conn.fetch(
+        _OUTCOMES,
+        [o.message_id for o in outcomes],
+        [o.status for o in outcomes],
+        [o.reason for o in outcomes],
+        [o.next_attempt for o in outcomes],
+        [rid for rid, _ in statuses],
+        [st for _, st in statuses],
+        [m for m, _, _ in suppress],
+        [a for _, a, _ in suppress],
+        [w for _, _, w in suppress],
+    )
+    return {r["id"]: r["webhooks"] for r in rows}

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from functions import HANDLERS
 from functions.api import create_app
 from remails import metrics
 from remails.admin_token import ensure_admin_token
-from remails.bus import Trigger
 from remails.bus.inprocess import InProcessBus
 from remails.config import Settings
 from remails.context import Context
@@ -28,6 +25,7 @@ from remails.log import configure_logging, log_event
 from remails.runtime.banner import Listening, show_token, welcome
 from remails.runtime.lifecycle import exit_if_lost, pipeline_pools, stop_event, watch_embedded
 from remails.runtime.supervisor import supervise_workers
+from remails.runtime.wiring import function_triggers
 from sender_node.agent import SenderNode
 from smtp_edge.server import EdgeServer
 
@@ -55,6 +53,8 @@ class Runtime:
             workers=self.settings.bus_workers,
             queue_size=self.settings.bus_queue_size,
             dead_letters_kept=self.settings.bus_dead_letters_kept,
+            batch_max=self.settings.bus_batch_max,
+            batch_wait=self.settings.bus_batch_wait_seconds,
         )
 
     async def start(self) -> None:
@@ -65,9 +65,8 @@ class Runtime:
         master_key = load_master_key(self.settings.secret_key, self.settings.data_dir)
         ctx = Context(self.settings, self.db.pool, self.bus, master_key, pipeline_pool)
         self.ctx = ctx
-        for sub in HANDLERS:
-            handler = functools.partial(sub.handler, ctx)
-            self.bus.subscribe(Trigger(f"{sub.function}:{sub.filters}", sub.filters, handler))
+        for trigger in function_triggers(ctx):
+            self.bus.subscribe(trigger)
         self.sender = SenderNode(ctx)
         for trigger in self.sender.triggers():
             self.bus.subscribe(trigger)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from uuid import uuid4
 
 import pytest
@@ -132,5 +132,88 @@ async def test_only_the_newest_dead_letters_are_kept() -> None:
         await bus.drain()
         assert len(bus.dead_letters) == 3
         assert {d.event["id"] for d in bus.dead_letters} <= {e["id"] for e in events}
+    finally:
+        await bus.stop()
+
+
+async def test_a_batching_trigger_gets_the_pending_events_at_once_and_its_replies_go_out() -> None:
+    bus = InProcessBus(workers=2, batch_max=8, batch_workers=1)
+    batches: list[list[str]] = []
+    singles: list[str] = []
+    replied: list[str] = []
+
+    async def one(event: CloudEvent) -> None:
+        singles.append(event["id"])
+
+    async def many(events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        batches.append([e["id"] for e in events])
+        return [make_event(EventType.MESSAGE_VALIDATED, MessageEvent.model_validate(e.data)) for e in events]
+
+    async def collect(event: CloudEvent) -> None:
+        replied.append(event["msgid"])
+
+    bus.subscribe(Trigger("intake", [{"exact": {"type": "message.received"}}], one, many))
+    bus.subscribe(Trigger("next", [{"exact": {"type": "message.validated"}}], collect))
+    sent = [MessageEvent(message_id=uuid4(), organization_id=uuid4(), project_id=uuid4()) for _ in range(20)]
+    for data in sent:  # not started yet: all 20 are pending when the batch worker starts
+        await bus.publish(make_event(EventType.MESSAGE_RECEIVED, data))
+    bus.start()
+    try:
+        await bus.drain()  # counts batched deliveries and the replies they published
+        assert [len(b) for b in batches] == [8, 8, 4]  # bounded by batch_max, in arrival order
+        assert singles == []
+        assert sorted(replied) == sorted(str(d.message_id) for d in sent)
+    finally:
+        await bus.stop()
+
+
+async def test_a_batch_that_fails_is_retried_event_by_event_so_one_bad_event_fails_alone() -> None:
+    bus = InProcessBus(workers=2, max_attempts=2, backoff_base=0.01, backoff_cap=0.02, batch_workers=1)
+    bad = _routed("127.0.0.9")
+    good = [_routed("127.0.0.2") for _ in range(3)]
+    handled: list[str] = []
+
+    async def one(event: CloudEvent) -> None:
+        if event["id"] == bad["id"]:
+            raise ValueError("poison")
+        handled.append(event["id"])
+
+    async def many(events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        for event in events:
+            await one(event)
+        return []
+
+    bus.subscribe(Trigger("batched", [{"exact": {"type": "message.routed"}}], one, many))
+    for event in [good[0], bad, *good[1:]]:
+        await bus.publish(event)
+    bus.start()
+    try:
+        await wait_until(lambda: len(bus.dead_letters) == 1 and len(set(handled)) == 3)
+        assert [d.event["id"] for d in bus.dead_letters] == [bad["id"]]
+        assert set(handled) == {e["id"] for e in good}
+    finally:
+        await bus.stop()
+
+
+async def test_a_batch_waits_up_to_batch_wait_for_more_events() -> None:
+    bus = InProcessBus(workers=1, batch_max=10, batch_wait=5.0, batch_workers=1)
+    batches: list[int] = []
+
+    async def one(event: CloudEvent) -> None:
+        batches.append(1)
+
+    async def many(events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        batches.append(len(events))
+        return []
+
+    bus.subscribe(Trigger("batched", [{"exact": {"type": "message.routed"}}], one, many))
+    bus.start()
+    try:
+        await bus.publish(_routed("127.0.0.2"))
+        for _ in range(9):  # arrive one by one while the first waits: one full batch
+            await asyncio.sleep(0)
+            await bus.publish(_routed("127.0.0.2"))
+        await bus.drain()
+        assert batches == [10]
     finally:
         await bus.stop()

@@ -1,0 +1,81 @@
+"""The decide step: what an attempt means for each recipient and for the message.
+
+`decide_outcome` is the pure decision the retry function applies to an `attempted` message,
+kept in the kernel beside the outcome event it ends with, so that any role holding the
+message's state can decide it the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cloudevents.http import CloudEvent
+
+from remails.db import pipeline
+from remails.events import EventType, MessageOutcome, make_event
+from remails.outcomes import (
+    RecipientResult,
+    RetryPolicy,
+    classify,
+    is_hard_bounce,
+    message_outcome,
+    next_attempt_at,
+)
+
+__all__ = ["decide_outcome", "outcome_counts", "outcome_event"]
+
+_OUTCOME_EVENTS = {
+    "delivered": EventType.MESSAGE_DELIVERED,
+    "deferred": EventType.MESSAGE_DEFERRED,
+    "bounced": EventType.MESSAGE_BOUNCED,
+    "failed": EventType.MESSAGE_FAILED,
+}
+
+
+def _reply_text(result: RecipientResult) -> str:
+    parts = [str(result.code) if result.code else "", result.enhanced or "", result.text]
+    return " ".join(p for p in parts if p)
+
+
+def outcome_counts(outcome: pipeline.Outcome) -> dict[str, int]:
+    """How many recipients got each disposition in this decision."""
+    values = list(outcome.recipient_statuses.values())
+    return {s: values.count(s) for s in sorted(set(values))}
+
+
+def outcome_event(key: pipeline.MessageKey, outcome: pipeline.Outcome, webhooks: int) -> CloudEvent:
+    """The message.<outcome> event of a decision that was applied."""
+    data = MessageOutcome(
+        message_id=key.id,
+        organization_id=key.organization_id,
+        project_id=key.project_id,
+        status=outcome.status,
+        reason=outcome.reason,
+        webhooks=webhooks,
+    )
+    return make_event(_OUTCOME_EVENTS[outcome.status], data)
+
+
+def decide_outcome(
+    message: pipeline.Attempted, now: datetime, policy: RetryPolicy, jitter: float
+) -> pipeline.Outcome:
+    """Each waiting recipient's fate from its last reply, the message's from theirs, and the
+    hard bounces to suppress."""
+    retry_at = next_attempt_at(message.attempts, now, message.expires_at, policy, jitter)
+    statuses: dict[int, str] = {}
+    suppress: list[tuple[str, str]] = []
+    for r in message.recipients:
+        if r.status not in ("pending", "deferred"):
+            continue
+        result = RecipientResult(r.last_code, r.last_enhanced, r.last_text or "")
+        disposition: str = classify(result)
+        if disposition == "deferred" and retry_at is None:
+            disposition = "failed"  # the next try would be past the message lifetime
+        statuses[r.id] = disposition
+        if is_hard_bounce(result):
+            suppress.append((r.address, "hard bounce: " + _reply_text(result)))
+    final = message_outcome([statuses.get(r.id, r.status) for r in message.recipients])
+    outcome = pipeline.Outcome(message.key.id, final, None, None, statuses, suppress)
+    reason = ", ".join(f"{n} {s}" for s, n in outcome_counts(outcome).items()) or None
+    next_attempt = retry_at if final == "deferred" else None
+    return pipeline.Outcome(message.key.id, final, reason, next_attempt, statuses, suppress)

@@ -1,0 +1,103 @@
+"""The sender's statements and the decide step in fewer round trips: the claim answers the
+return-path question too, and the retry function decides a batch of attempted messages with
+one statement. Real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+from functions import retry
+from remails.config import Settings
+from remails.context import Context
+from remails.crypto import load_master_key
+from remails.db import Pool, pipeline
+from remails.events import DeliveryAttempted, EventType, make_event
+from remails.outcomes import RetryPolicy
+from tests.factories import Tenant, make_tenant, store_message
+from tests.support.db import as_dict
+from tests.support.recording import RecordingPublisher
+
+NODE, IP = "node-a", "127.0.0.2"
+POLICY = RetryPolicy(60, 3600)
+
+
+async def _routed(pool: Pool, tenant: Tenant, recipients: list[str]) -> UUID:
+    message_id = await store_message(pool, tenant, recipients)
+    await pool.execute(
+        "UPDATE messages SET status = 'routed', outbound_ip = $2::inet WHERE id = $1", message_id, IP
+    )
+    return message_id
+
+
+def _reply(address: str, code: int, text: str) -> pipeline.AttemptRecord:
+    return pipeline.AttemptRecord(
+        "dest.test", [address], "mx.dest.test", IP, None, code, None, text, 5, {address: (code, None, text)}
+    )
+
+
+async def test_the_claim_names_the_return_path_domain_and_each_recipients_row(
+    pool: Pool, settings: Settings
+) -> None:
+    tenant = await make_tenant(pool, settings, "acme.test")
+    plain = await _routed(pool, tenant, ["a@dest.test"])
+    claimed = await pipeline.claim_for_sending(pool, plain, IP, NODE, 30)
+    assert claimed is not None and claimed.return_domain is None
+
+    await pool.execute("UPDATE domains SET return_path_verified_at = now() WHERE name = 'acme.test'")
+    verp = await _routed(pool, tenant, ["a@dest.test", "b@dest.test"])
+    await pool.execute(
+        "UPDATE recipients SET status = 'delivered' WHERE message_id = $1 AND address = 'b@dest.test'", verp
+    )
+    claimed = await pipeline.claim_for_sending(pool, verp, IP, NODE, 30)
+    assert claimed is not None and claimed.return_domain == "acme.test"
+    ids = await as_dict(pool, "SELECT address, id FROM recipients WHERE message_id = $1", verp)
+    assert claimed.recipient_ids == {"a@dest.test": ids["a@dest.test"]}  # only those still to deliver
+    assert claimed.recipients == [("a@dest.test", "dest.test")]
+    assert await pipeline.claim_for_sending(pool, verp, IP, NODE, 30) is None  # claimed once
+
+
+async def test_retry_decides_a_batch_with_one_statement_and_skips_duplicates(
+    pool: Pool, settings: Settings
+) -> None:
+    tenant = await make_tenant(pool, settings, "acme.test")
+    ids = [await _routed(pool, tenant, [f"u{i}@dest.test"]) for i in range(3)]
+    for i, message_id in enumerate(ids):
+        assert await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30) is not None
+        code, text = (250, "ok") if i else (550, "5.1.1 unknown")
+        delivered = [f"u{i}@dest.test"] if code == 250 else []
+        await pipeline.record_destination(
+            pool, message_id, NODE, _reply(f"u{i}@dest.test", code, text), delivered
+        )
+        assert await pipeline.finish_sending(pool, message_id, NODE)
+    ctx = Context(
+        settings, pool, RecordingPublisher(), load_master_key(settings.secret_key, settings.data_dir)
+    )
+    events = [
+        make_event(
+            EventType.DELIVERY_ATTEMPTED,
+            DeliveryAttempted(message_id=m, organization_id=tenant.org_id, project_id=tenant.project_id),
+        )
+        for m in ids
+    ]
+
+    replies = await retry.handle_attempted_batch(ctx, [*events, events[0]])
+
+    assert sorted((e["type"], e["msgid"]) for e in replies) == sorted(
+        [
+            ("message.bounced", str(ids[0])),
+            ("message.delivered", str(ids[1])),
+            ("message.delivered", str(ids[2])),
+        ]
+    )
+    statuses = await as_dict(pool, "SELECT id, status::text FROM messages WHERE id = ANY($1::uuid[])", ids)
+    assert statuses == {ids[0]: "bounced", ids[1]: "delivered", ids[2]: "delivered"}
+    assert (
+        await pool.fetchval("SELECT count(*) FROM suppressions WHERE organization_id = $1", tenant.org_id)
+        == 1
+    )
+    assert await retry.handle_attempted_batch(ctx, events) == []  # duplicates: nothing moves twice
+    # Decided before another decision won (a race): the statement's guard refuses it.
+    stale = pipeline.Outcome(ids[1], "deferred", "1 deferred", datetime.now(UTC), {}, [])
+    assert await pipeline.apply_outcomes(pool, [stale]) == {}
+    assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", ids[1]) == "delivered"
