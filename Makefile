@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean debian-tools lock mutate
+.PHONY: run test lint format bench clean debian-tools lock mutate names
 
 # The exact versions (and hashes) of requirements-dev.lock; `make lock` refreshes both lock files.
 $(STAMP): pyproject.toml requirements-dev.lock
@@ -13,6 +13,16 @@ $(STAMP): pyproject.toml requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# The units install as remails_functions, remails_smtp_edge and remails_sender_node (pyproject's
+# package-dir). mypy and mutmut read source trees and do not run the editable install's import
+# hook, so they see those names through links: .names/ for mypy (its mypy_path), .mutate/ as the
+# tree mutmut copies and runs in.
+UNITS := functions smtp_edge sender_node
+names:
+	mkdir -p .names .mutate
+	for u in $(UNITS); do ln -sfn ../$$u .names/remails_$$u; ln -sfn ../$$u .mutate/remails_$$u; done
+	for f in remails bench tests docs README.md pyproject.toml; do ln -sfn ../$$f .mutate/$$f; done
 
 LOCK := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_35 \
 	--generate-hashes --quiet
@@ -61,21 +71,21 @@ run: $(STAMP)
 test: $(STAMP) $(CHECKOV) $(INFRA_SCHEMAS) debian-tools
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) names
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 # Mutation testing of the pure decision modules (slow; not part of `make test`).
-mutate: $(STAMP)
-	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 || true
-	$(BIN)/mutmut results --all true | grep -v ': killed$$' || true
+mutate: $(STAMP) names
+	rm -rf .mutate/mutants
+	cd .mutate && ../$(BIN)/mutmut run --max-children 2 || true
+	cd .mutate && ../$(BIN)/mutmut results --all true | grep -v ': killed$$' || true
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .venv-checkov .infra-schemas .remails .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .names .mutate .venv-checkov .infra-schemas .remails .pytest_cache .mypy_cache .ruff_cache

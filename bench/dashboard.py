@@ -142,12 +142,12 @@ async def _plans(pool: Any, org_id: Any, project_id: Any, message_id: Any, recip
 async def run(n: int, repeat: int, plans: bool) -> dict[str, Any]:
     import httpx
 
-    from functions.api import create_app
     from remails.accounts import hash_password
     from remails.config import load_settings
     from remails.context import Context
     from remails.crypto import load_master_key
     from remails.db import connect, orgs, users
+    from remails_functions.api import create_app
 
     class _DropEvents:
         async def publish(self, event: Any) -> None:

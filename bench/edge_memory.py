@@ -46,7 +46,7 @@ async def _serve(data_dir: Path, port: int, max_size: int) -> None:
     from remails.crypto import load_master_key
     from remails.db import connect, domains, orgs
     from remails.sending_domains import add_sending_domain
-    from smtp_edge.server import EdgeServer
+    from remails_smtp_edge.server import EdgeServer
 
     settings = load_settings(data_dir=data_dir, hostname="edge.bench.test")
     db = await connect(settings, max_size=20)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from functions import (
+from remails.bus.filters import Filter
+from remails.context import Context
+from remails_functions import (
     cluster,
     dns_check,
     inbound,
@@ -24,8 +26,6 @@ from functions import (
     validate,
     webhooks,
 )
-from remails.bus.filters import Filter
-from remails.context import Context
 
 __all__ = ["ALL_SUBSCRIPTIONS", "CLUSTER_ONLY", "HANDLERS", "FunctionHandler", "Subscription"]
 

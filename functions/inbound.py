@@ -3,7 +3,7 @@
 inbound.received → message.bounced (`async`) | message.complained | a stored DMARC report
 tick → re-emits inbound.received for what was stored but never processed.
 
-The reading is `functions.inbound_parsing` (pure). What a message is about comes from the token of
+The reading is `remails_functions.inbound_parsing` (pure). What a message is about comes from the token of
 the address it was sent to (or, for a complaint to the feedback address, the token of the
 original's envelope sender) — never from anything else it says. Malformed input is refused
 with a log line and kept as it came.
@@ -18,14 +18,6 @@ from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
-from functions.inbound_parsing import (
-    Complaint,
-    Failure,
-    RefusedReport,
-    find_complaint,
-    find_failures,
-    parse_dmarc,
-)
 from remails.context import Context
 from remails.db import inbound
 from remails.db.inbound import InboundRow
@@ -34,6 +26,14 @@ from remails.events import EventType, InboundReceived, MessageOutcome, event_dat
 from remails.log import log_event
 from remails.outcomes import is_hard_bounce
 from remails.return_path import KEY_PURPOSE, classify_address
+from remails_functions.inbound_parsing import (
+    Complaint,
+    Failure,
+    RefusedReport,
+    find_complaint,
+    find_failures,
+    parse_dmarc,
+)
 
 __all__ = ["FILTERS", "TICK_FILTERS", "handle", "handle_tick"]
 

@@ -16,16 +16,16 @@ from collections.abc import Sequence
 
 from cloudevents.http import CloudEvent
 
-from functions.moderation import held_if_blocked
-from functions.route import HEARTBEATS_TO_BE_LIVE, choose_egress
-from functions.validate import FILTERS as VALIDATE_FILTERS
-from functions.validate import decide
 from remails import metrics
 from remails.context import Context
 from remails.db import pipeline
 from remails.events import EventType, MessageEvent, MessageOutcome, MessageRouted, event_data, make_event
 from remails.log import log_event
 from remails.message_headers import header_block
+from remails_functions.moderation import held_if_blocked
+from remails_functions.route import HEARTBEATS_TO_BE_LIVE, choose_egress
+from remails_functions.validate import FILTERS as VALIDATE_FILTERS
+from remails_functions.validate import decide
 
 __all__ = ["FILTERS", "decide_intake", "handle", "handle_batch"]
 

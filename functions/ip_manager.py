@@ -28,11 +28,11 @@ from typing import Any
 import httpx
 from cloudevents.http import CloudEvent
 
-from functions.upcloud import FloatingIp, UpCloud, UpCloudError
 from remails.context import Context
 from remails.db.egress import EgressRoute, live_routes
 from remails.events import EventType
 from remails.log import log_event
+from remails_functions.upcloud import FloatingIp, UpCloud, UpCloudError
 
 __all__ = [
     "FILTERS",

@@ -11,10 +11,10 @@ from cloudevents.http import CloudEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from functions import ALL_SUBSCRIPTIONS
 from remails.bus.filters import matches
 from remails.context import function_context
 from remails.function import serve_event
+from remails_functions import ALL_SUBSCRIPTIONS
 
 
 async def _dispatch(function: str, event: CloudEvent) -> CloudEvent | None:

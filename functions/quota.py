@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from cloudevents.http import CloudEvent
 
-from functions.moderation import held_if_blocked
 from remails.context import Context
 from remails.db import pipeline
 from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
+from remails_functions.moderation import held_if_blocked
 
 __all__ = ["FILTERS", "handle"]
 

@@ -12,11 +12,11 @@ from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
-from functions.moderation import held_if_blocked
 from remails.context import Context
 from remails.db import pipeline
 from remails.events import EventType, MessageEvent, MessageRouted, event_data, make_event
 from remails.log import log_event
+from remails_functions.moderation import held_if_blocked
 
 __all__ = ["FILTERS", "choose_egress", "handle"]
 

@@ -15,9 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from functions.api.auth import Principal
-from functions.api.models import RawSendRequest
-from functions.compose import SendRequest, compose
 from remails.acceptance import announce_received
 from remails.context import Context
 from remails.db import orgs
@@ -32,6 +29,9 @@ from remails.message_headers import (
     received_header,
 )
 from remails.sending_policy import check_sender
+from remails_functions.api.auth import Principal
+from remails_functions.api.models import RawSendRequest
+from remails_functions.compose import SendRequest, compose
 
 __all__ = ["Accepted", "request_digest", "send_message", "send_raw"]
 

@@ -14,14 +14,14 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from functions.api.auth import principal_for
-from functions.api.errors import error_response, validation_response
-from functions.api.models import RawSendRequest
-from functions.compose import SendRequest
-from functions.send import request_digest, send_message, send_raw
 from remails.context import Context, function_context
 from remails.errors import PayloadTooLarge, RemailsError
 from remails.rate_limit import TokenBuckets
+from remails_functions.api.auth import principal_for
+from remails_functions.api.errors import error_response, validation_response
+from remails_functions.api.models import RawSendRequest
+from remails_functions.compose import SendRequest
+from remails_functions.send import request_digest, send_message, send_raw
 
 __all__ = ["handle_send_request", "send"]
 

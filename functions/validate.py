@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from functions.moderation import held_if_blocked
 from remails import metrics
 from remails.context import Context
 from remails.db import pipeline
@@ -17,6 +16,7 @@ from remails.domain_records import is_same_or_subdomain
 from remails.events import EventType, MessageEvent, MessageOutcome, event_data, make_event
 from remails.message_headers import header_block
 from remails.sending_policy import from_addresses
+from remails_functions.moderation import held_if_blocked
 
 __all__ = ["FILTERS", "Validation", "decide", "handle"]
 

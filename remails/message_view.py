@@ -13,7 +13,7 @@ __all__ = ["HEARTBEATS_TO_BE_LIVE", "UNDELIVERED", "explain", "retry_refusal", "
 
 # A deferred message may keep recipients `pending` (not tried yet, e.g. a later domain).
 UNDELIVERED = ("pending", "bounced", "failed", "deferred")
-# Enhanced codes of a delivery that failed at DNS, before any server (sender_node.mx).
+# Enhanced codes of a delivery that failed at DNS, before any server (remails_sender_node.mx).
 _DNS_STATUSES = ("4.4.3", "4.4.4", "5.1.2", "5.1.10")
 _IN_PROGRESS = ("received", "validated", "admitted", "routed", "sending", "attempted")
 

@@ -43,14 +43,14 @@ from remails.log import log_event
 from remails.message_headers import normalise_line_endings
 from remails.outcomes import RecipientResult, classify
 from remails.return_path import KEY_PURPOSE, envelope_senders
-from sender_node.dkim_signer import DkimSigner, SignerSet
-from sender_node.egress_ips import bindable
-from sender_node.mta_sts import MtaSts, Policy, allowed_hosts
-from sender_node.mx import DeliveryDnsError, MxHost, resolve_destination
-from sender_node.payload import Payload
-from sender_node.shaping import Limits, is_throttling, limits_for, load_shaping, site_name
-from sender_node.site_queue import Shaper, ShapingRefused, Want
-from sender_node.smtp_client import Envelope, TlsPolicy, contained, deliver, failed_attempt
+from remails_sender_node.dkim_signer import DkimSigner, SignerSet
+from remails_sender_node.egress_ips import bindable
+from remails_sender_node.mta_sts import MtaSts, Policy, allowed_hosts
+from remails_sender_node.mx import DeliveryDnsError, MxHost, resolve_destination
+from remails_sender_node.payload import Payload
+from remails_sender_node.shaping import Limits, is_throttling, limits_for, load_shaping, site_name
+from remails_sender_node.site_queue import Shaper, ShapingRefused, Want
+from remails_sender_node.smtp_client import Envelope, TlsPolicy, contained, deliver, failed_attempt
 
 __all__ = ["SenderNode"]
 

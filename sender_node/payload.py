@@ -5,8 +5,8 @@ signed is exactly what is sent."""
 from __future__ import annotations
 
 from remails.message_headers import header_block
-from sender_node.dkim_signer import DkimSigner, SignerSet
-from sender_node.seven_bit import to_seven_bit
+from remails_sender_node.dkim_signer import DkimSigner, SignerSet
+from remails_sender_node.seven_bit import to_seven_bit
 
 __all__ = ["Payload"]
 

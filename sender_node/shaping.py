@@ -5,7 +5,7 @@ suspending that (IP, site) and lowering its rate, then restoring it slowly.
 
 Everything here is pure: the site name, the TOML shaping file (`REMAILS_SHAPING_FILE`, beside
 the one shipped in this package), which limits apply to a site, whether a reply throttles, and
-the rate arithmetic. `sender_node.site_queue` does the waiting; `remails.db.shaping` stores the
+the rate arithmetic. `remails_sender_node.site_queue` does the waiting; `remails.db.shaping` stores the
 state every process sharing an IP sees.
 """
 
@@ -286,7 +286,7 @@ def _table(value: Any, section: str) -> dict[str, Any]:
 
 def load_shaping(defaults: Limits, user_file: Path | None) -> ShapingConfig:
     """The shipped file, then the user's on top, over the default limits from settings."""
-    shipped = resources.files("sender_node").joinpath(DEFAULT_FILE).read_text(encoding="utf-8")
+    shipped = resources.files("remails_sender_node").joinpath(DEFAULT_FILE).read_text(encoding="utf-8")
     config = parse_shaping(shipped, f"sender_node/{DEFAULT_FILE}", ShapingConfig(defaults=defaults))
     if user_file is None:
         return config

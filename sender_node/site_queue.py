@@ -29,8 +29,8 @@ import aiosmtplib
 from remails.db import Pool
 from remails.db import shaping as store
 from remails.log import log_event
-from sender_node.connections import CachedConnection, PathKey, Slot
-from sender_node.shaping import Limits, Throttle, take_budget, throttle_site
+from remails_sender_node.connections import CachedConnection, PathKey, Slot
+from remails_sender_node.shaping import Limits, Throttle, take_budget, throttle_site
 
 __all__ = ["ReadyQueue", "Shaper", "ShapingRefused", "Ticket", "Want"]
 

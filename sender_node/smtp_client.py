@@ -15,11 +15,11 @@ import aiosmtplib
 
 from remails.db.pipeline import AttemptRecord
 from remails.outcomes import split_enhanced
-from sender_node.connections import CachedConnection
-from sender_node.mx import MxHost
-from sender_node.payload import Payload
-from sender_node.site_queue import Ticket
-from sender_node.transaction_plan import mail_options, plan_transaction
+from remails_sender_node.connections import CachedConnection
+from remails_sender_node.mx import MxHost
+from remails_sender_node.payload import Payload
+from remails_sender_node.site_queue import Ticket
+from remails_sender_node.transaction_plan import mail_options, plan_transaction
 
 __all__ = ["Envelope", "TlsPolicy", "contained", "deliver", "failed_attempt"]
 

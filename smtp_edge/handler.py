@@ -34,9 +34,9 @@ from remails.message_headers import (
     trace_domain,
 )
 from remails.sending_policy import address_domain, check_sender
-from smtp_edge.group_commit import GroupCommit, StoreFailed
-from smtp_edge.policy import check_address_charset, check_recipient_count, trusted_project
-from smtp_edge.replies import (
+from remails_smtp_edge.group_commit import GroupCommit, StoreFailed
+from remails_smtp_edge.policy import check_address_charset, check_recipient_count, trusted_project
+from remails_smtp_edge.replies import (
     AUTH_THROTTLED,
     BAD_RECIPIENT,
     CREDENTIAL_REVOKED,
@@ -44,11 +44,11 @@ from smtp_edge.replies import (
     SENDER_OK,
     queued,
 )
-from smtp_edge.store_budget import StoreBudget
-from smtp_edge.throttle import AuthThrottle, Verdict
+from remails_smtp_edge.store_budget import StoreBudget
+from remails_smtp_edge.throttle import AuthThrottle, Verdict
 
 if TYPE_CHECKING:
-    from smtp_edge.server import EdgeSMTP
+    from remails_smtp_edge.server import EdgeSMTP
 
 __all__ = ["EdgeHandler"]
 

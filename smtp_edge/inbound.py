@@ -26,13 +26,13 @@ from remails.events import EventType, InboundReceived, make_event
 from remails.log import log_event
 from remails.message_headers import has_bare_line_ending
 from remails.return_path import KEY_PURPOSE, InboundAddress, classify_address
-from smtp_edge.handler import client_ip
-from smtp_edge.policy import check_address_charset, check_recipient_count
-from smtp_edge.replies import RECIPIENT_OK, SENDER_OK, queued
-from smtp_edge.store_budget import StoreBudget
+from remails_smtp_edge.handler import client_ip
+from remails_smtp_edge.policy import check_address_charset, check_recipient_count
+from remails_smtp_edge.replies import RECIPIENT_OK, SENDER_OK, queued
+from remails_smtp_edge.store_budget import StoreBudget
 
 if TYPE_CHECKING:
-    from smtp_edge.server import EdgeSMTP
+    from remails_smtp_edge.server import EdgeSMTP
 
 __all__ = ["NO_SUCH_USER", "InboundHandler"]
 

@@ -1,5 +1,5 @@
 """The SMTP edge: submission with STARTTLS and with implicit TLS, the inbound MX (bounces,
-complaints, DMARC reports: `smtp_edge.inbound`), and a graceful stop.
+complaints, DMARC reports: `remails_smtp_edge.inbound`), and a graceful stop.
 
 Before the banner, each connection passes the door: a PROXY header only from the load
 balancers (`REMAILS_PROXY_TRUSTED_NETWORKS`), then the connection limits by real client
@@ -27,15 +27,15 @@ from remails.config import check_proxy_settings
 from remails.context import Context
 from remails.errors import Reply
 from remails.log import log_event
-from smtp_edge.certificates import Certificates
-from smtp_edge.connections import ConnectionTable, proxy_peer_trusted
-from smtp_edge.data_reader import DataParser
-from smtp_edge.handler import EdgeHandler, client_ip
-from smtp_edge.inbound import InboundHandler
-from smtp_edge.paths import plain_path
-from smtp_edge.protocol_tables import init_protocol
-from smtp_edge.replies import SHUTTING_DOWN, with_enhanced_code
-from smtp_edge.throttle import AuthThrottle
+from remails_smtp_edge.certificates import Certificates
+from remails_smtp_edge.connections import ConnectionTable, proxy_peer_trusted
+from remails_smtp_edge.data_reader import DataParser
+from remails_smtp_edge.handler import EdgeHandler, client_ip
+from remails_smtp_edge.inbound import InboundHandler
+from remails_smtp_edge.paths import plain_path
+from remails_smtp_edge.protocol_tables import init_protocol
+from remails_smtp_edge.replies import SHUTTING_DOWN, with_enhanced_code
+from remails_smtp_edge.throttle import AuthThrottle
 
 __all__ = ["EdgeSMTP", "EdgeServer", "MxSMTP"]
 

@@ -16,12 +16,21 @@ CONTRACTS = [
     "asyncpg only under remails.db",
     "Benchmarks do not import the tests",
 ]
-PACKAGES = ["remails", "functions", "smtp_edge", "sender_node", "bench", "tests"]
+# Folder → import name: the units are imported under their installed names (pyproject's
+# package-dir), so the copy is laid out by those names for the linter to find it first.
+PACKAGES = {
+    "remails": "remails",
+    "functions": "remails_functions",
+    "smtp_edge": "remails_smtp_edge",
+    "sender_node": "remails_sender_node",
+    "bench": "bench",
+    "tests": "tests",
+}
 
 
 def _copy_tree(into: Path) -> None:
-    for name in PACKAGES:
-        shutil.copytree(ROOT / name, into / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder, name in PACKAGES.items():
+        shutil.copytree(ROOT / folder, into / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
 
 
@@ -46,8 +55,8 @@ def test_the_contracts_hold_on_the_tree() -> None:
 @pytest.mark.parametrize(
     ("module", "forbidden", "contract"),
     [
-        ("sender_node/agent.py", "import smtp_edge.policy", "Units never import each other"),
-        ("remails/events.py", "import functions.validate", "The kernel imports no unit"),
+        ("sender_node/agent.py", "import remails_smtp_edge.policy", "Units never import each other"),
+        ("remails/events.py", "import remails_functions.validate", "The kernel imports no unit"),
         ("functions/route.py", "import asyncpg", "asyncpg only under remails.db"),
         ("bench/relay.py", "import tests.factories", "Benchmarks do not import the tests"),
     ],
@@ -56,7 +65,8 @@ def test_a_forbidden_import_breaks_the_lint(
     tmp_path: Path, module: str, forbidden: str, contract: str
 ) -> None:
     _copy_tree(tmp_path)
-    target = tmp_path / module
+    folder, _, rest = module.partition("/")
+    target = tmp_path / PACKAGES[folder] / rest
     before = _verdicts(_lint_imports(tmp_path).stdout)
     target.write_text(target.read_text() + f"\n{forbidden}  # noqa\n")
     result = _lint_imports(tmp_path)

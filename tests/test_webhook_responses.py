@@ -8,13 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from functions.webhooks import send_due
 from remails.config import Settings, load_settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, webhook_deliveries
 from remails.db.rows import required
 from remails.webhook_endpoints import create_endpoint
+from remails_functions.webhooks import send_due
 from tests.factories import make_tenant
 from tests.support.recording import RecordingPublisher
 

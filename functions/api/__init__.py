@@ -9,7 +9,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from functions.api import (
+from remails.context import Context
+from remails.db.operations import readiness_problem
+from remails.rate_limit import TokenBuckets
+from remails_functions.api import (
     audit_log,
     credentials,
     dmarc_reports,
@@ -20,11 +23,8 @@ from functions.api import (
     suppressions,
     webhooks,
 )
-from functions.api.errors import BodyLimit, error_response, install_error_handlers
-from functions.web import mount as mount_dashboard
-from remails.context import Context
-from remails.db.operations import readiness_problem
-from remails.rate_limit import TokenBuckets
+from remails_functions.api.errors import BodyLimit, error_response, install_error_handlers
+from remails_functions.web import mount as mount_dashboard
 
 __all__ = ["create_app"]
 

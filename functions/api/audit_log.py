@@ -12,12 +12,12 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from functions.api.auth import Caller, Ctx, Principal
 from remails.context import Context
 from remails.db import audit
 from remails.db.audit import url_origin
 from remails.db.rows import Executor
 from remails.errors import InvalidInput
+from remails_functions.api.auth import Caller, Ctx, Principal
 
 __all__ = ["actor_of", "changing", "router", "url_origin"]
 

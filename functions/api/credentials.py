@@ -7,9 +7,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from functions.api.audit_log import actor_of, changing
-from functions.api.auth import Caller, Ctx
-from functions.api.models import (
+from remails.db import audit, credentials
+from remails.errors import NotFound
+from remails_functions.api.audit_log import actor_of, changing
+from remails_functions.api.auth import Caller, Ctx
+from remails_functions.api.models import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
@@ -17,9 +19,7 @@ from functions.api.models import (
     SmtpCredentialCreated,
     SmtpCredentialOut,
 )
-from functions.api.organizations import organization_of, project_of
-from remails.db import audit, credentials
-from remails.errors import NotFound
+from remails_functions.api.organizations import organization_of, project_of
 
 router = APIRouter(tags=["credentials"])
 

@@ -8,10 +8,10 @@ from uuid import UUID
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from functions.api.auth import Caller, Ctx
 from remails.db import domains, inbound
 from remails.dmarc import summarise
 from remails.errors import NotFound
+from remails_functions.api.auth import Caller, Ctx
 
 router = APIRouter(tags=["domains"])
 

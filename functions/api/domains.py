@@ -6,10 +6,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from functions.api.audit_log import actor_of, changing
-from functions.api.auth import Caller, Ctx, Principal
-from functions.api.models import DomainCreate, DomainOut, DomainVerification
-from functions.api.organizations import organization_of
 from remails.context import Context
 from remails.db import audit, dkim_keys, domains, orgs
 from remails.dkim_rotation import prepare_rotation, start_prepared
@@ -22,6 +18,10 @@ from remails.sending_domains import (
     store_check,
     store_sending_domain,
 )
+from remails_functions.api.audit_log import actor_of, changing
+from remails_functions.api.auth import Caller, Ctx, Principal
+from remails_functions.api.models import DomainCreate, DomainOut, DomainVerification
+from remails_functions.api.organizations import organization_of
 
 router = APIRouter(tags=["domains"])
 

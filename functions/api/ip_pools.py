@@ -7,11 +7,11 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from functions.api.audit_log import changing
-from functions.api.auth import OPERATOR_ONLY, Caller, Ctx
-from functions.api.models import IpPoolCreate, IpPoolOut
 from remails.db import egress
 from remails.errors import InvalidInput
+from remails_functions.api.audit_log import changing
+from remails_functions.api.auth import OPERATOR_ONLY, Caller, Ctx
+from remails_functions.api.models import IpPoolCreate, IpPoolOut
 
 router = APIRouter(tags=["ip pools"])
 

@@ -10,18 +10,18 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from functions.api.audit_log import changing
-from functions.api.auth import Caller, Ctx
-from functions.api.models import MessageAccepted, MessageDetail, MessagePage, RawSendRequest
-from functions.api.organizations import project_of
-from functions.compose import SendRequest
-from functions.send import request_digest, send_message, send_raw
 from remails.db import egress, messages, orgs, suppressions
 from remails.errors import Conflict, InvalidInput, NotFound
 from remails.events import EventType, MessageEvent, make_event
 from remails.message_view import HEARTBEATS_TO_BE_LIVE, explain, retry_refusal, with_suppressions
 from remails.text import NO_NUL
 from remails.types import MessageStatus
+from remails_functions.api.audit_log import changing
+from remails_functions.api.auth import Caller, Ctx
+from remails_functions.api.models import MessageAccepted, MessageDetail, MessagePage, RawSendRequest
+from remails_functions.api.organizations import project_of
+from remails_functions.compose import SendRequest
+from remails_functions.send import request_digest, send_message, send_raw
 
 router = APIRouter(tags=["messages"])
 

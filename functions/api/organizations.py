@@ -10,9 +10,14 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from functions.api.audit_log import actor_of, changing
-from functions.api.auth import OPERATOR_ONLY, Caller, Ctx, Principal
-from functions.api.models import (
+from remails.context import Context
+from remails.db import audit, egress, messages, orgs
+from remails.errors import InvalidInput, NotFound
+from remails.events import EventType, MessageEvent, make_event
+from remails.log import log_event
+from remails_functions.api.audit_log import actor_of, changing
+from remails_functions.api.auth import OPERATOR_ONLY, Caller, Ctx, Principal
+from remails_functions.api.models import (
     IpPoolAssign,
     OrganizationCreate,
     OrganizationOut,
@@ -23,11 +28,6 @@ from functions.api.models import (
     QuotaOut,
     StatisticsOut,
 )
-from remails.context import Context
-from remails.db import audit, egress, messages, orgs
-from remails.errors import InvalidInput, NotFound
-from remails.events import EventType, MessageEvent, make_event
-from remails.log import log_event
 
 router = APIRouter(tags=["organizations"])
 logger = logging.getLogger("remails.api")

@@ -8,13 +8,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
-from functions.api.audit_log import changing
-from functions.api.auth import Caller, Ctx
-from functions.api.models import SuppressionCreate, SuppressionOut, SuppressionPage
-from functions.api.organizations import organization_of
 from remails.db import suppressions
 from remails.errors import NotFound
 from remails.text import NO_NUL
+from remails_functions.api.audit_log import changing
+from remails_functions.api.auth import Caller, Ctx
+from remails_functions.api.models import SuppressionCreate, SuppressionOut, SuppressionPage
+from remails_functions.api.organizations import organization_of
 
 router = APIRouter(tags=["suppressions"])
 

@@ -12,10 +12,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from functions.api.audit_log import actor_of, changing, url_origin
-from functions.api.auth import Caller, Ctx, Principal
-from functions.api.organizations import organization_of, project_of
-from functions.webhooks import send_due
 from remails import webhook_endpoints
 from remails.context import Context
 from remails.db import audit, notifications, webhook_deliveries
@@ -25,6 +21,10 @@ from remails.errors import Conflict, NotFound
 from remails.text import ClientInput
 from remails.types import WebhookEventType
 from remails.webhook_targets import check_target
+from remails_functions.api.audit_log import actor_of, changing, url_origin
+from remails_functions.api.auth import Caller, Ctx, Principal
+from remails_functions.api.organizations import organization_of, project_of
+from remails_functions.webhooks import send_due
 
 router = APIRouter(tags=["webhooks"])
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from functions.web import account, activity, login, orgs, reset, sending
-from functions.web.docs import mount_docs
-from functions.web.render import SecurityHeaders
+from remails_functions.web import account, activity, login, orgs, reset, sending
+from remails_functions.web.docs import mount_docs
+from remails_functions.web.render import SecurityHeaders
 
 __all__ = ["mount"]
 
@@ -21,6 +21,6 @@ __all__ = ["mount"]
 def mount(app: FastAPI) -> None:
     for module in (login, reset, account, orgs, sending, activity):
         app.include_router(module.router)
-    app.mount("/static", StaticFiles(packages=[("functions.web", "static")]), name="static")
+    app.mount("/static", StaticFiles(packages=[("remails_functions.web", "static")]), name="static")
     mount_docs(app)
     app.add_middleware(SecurityHeaders)

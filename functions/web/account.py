@@ -5,17 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from functions.web.login import second_factor_ok, totp_context
-from functions.web.render import PageRoute, page, redirect
-from functions.web.session import (
-    SESSION_COOKIE,
-    check_csrf,
-    ctx_of,
-    read_form,
-    set_cookie,
-    user_actor,
-    visitor,
-)
 from remails.accounts import (
     hash_password,
     new_recovery_codes,
@@ -29,6 +18,17 @@ from remails.accounts import (
 from remails.db import audit, sessions, users
 from remails.db.rows import transaction
 from remails.errors import Forbidden
+from remails_functions.web.login import second_factor_ok, totp_context
+from remails_functions.web.render import PageRoute, page, redirect
+from remails_functions.web.session import (
+    SESSION_COOKIE,
+    check_csrf,
+    ctx_of,
+    read_form,
+    set_cookie,
+    user_actor,
+    visitor,
+)
 
 __all__ = ["router"]
 

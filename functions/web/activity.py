@@ -13,19 +13,19 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from functions.api import messages as api_messages
-from functions.api import organizations as api_orgs
-from functions.api import suppressions as api_suppressions
-from functions.api import webhooks as api_webhooks
-from functions.api.models import SuppressionCreate
-from functions.api.webhooks import WebhookCreate
-from functions.web.render import PageRoute, page, redirect
-from functions.web.scope import OrgScope, org_action, org_page, parse_id
 from remails.db import messages, orgs, webhook_deliveries
 from remails.db import webhook_endpoints as endpoints_db
 from remails.errors import InvalidInput, NotFound
 from remails.message_headers import header_block
 from remails.types import MessageStatus, WebhookEventType, literal_values
+from remails_functions.api import messages as api_messages
+from remails_functions.api import organizations as api_orgs
+from remails_functions.api import suppressions as api_suppressions
+from remails_functions.api import webhooks as api_webhooks
+from remails_functions.api.models import SuppressionCreate
+from remails_functions.api.webhooks import WebhookCreate
+from remails_functions.web.render import PageRoute, page, redirect
+from remails_functions.web.scope import OrgScope, org_action, org_page, parse_id
 
 __all__ = ["router", "stacked_bars"]
 

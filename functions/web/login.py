@@ -9,21 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from functions.api.auth import refuse_if_frozen
-from functions.web.render import PageRoute, page, redirect
-from functions.web.session import (
-    PRE_COOKIE,
-    SESSION_COOKIE,
-    LoginRequired,
-    Visitor,
-    check_csrf,
-    ctx_of,
-    pre_session_token,
-    read_form,
-    set_cookie,
-    user_actor,
-    visitor,
-)
 from remails.accounts import (
     hash_password,
     normalise_code,
@@ -38,6 +23,21 @@ from remails.db import audit, orgs, sessions, users
 from remails.db.rows import Executor, transaction
 from remails.errors import InvalidInput, NotFound, RateLimited
 from remails.log import log_event
+from remails_functions.api.auth import refuse_if_frozen
+from remails_functions.web.render import PageRoute, page, redirect
+from remails_functions.web.session import (
+    PRE_COOKIE,
+    SESSION_COOKIE,
+    LoginRequired,
+    Visitor,
+    check_csrf,
+    ctx_of,
+    pre_session_token,
+    read_form,
+    set_cookie,
+    user_actor,
+    visitor,
+)
 
 __all__ = ["anonymous_page", "router", "totp_context"]
 

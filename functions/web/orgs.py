@@ -7,17 +7,17 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from functions.api import organizations as api_orgs
-from functions.api.auth import Principal
-from functions.api.models import OrganizationCreate, OrganizationUpdate, ProjectCreate
-from functions.web.mail import send_system_mail
-from functions.web.render import PageRoute, page, redirect
-from functions.web.scope import OrgScope, org_action, org_page, parse_id
-from functions.web.session import Form, check_csrf, client_ip, ctx_of, read_form, visitor
 from remails.accounts import normalise_email
 from remails.crypto import generate_secret
 from remails.db import orgs, users
 from remails.errors import Conflict, Forbidden, InvalidInput, NotFound
+from remails_functions.api import organizations as api_orgs
+from remails_functions.api.auth import Principal
+from remails_functions.api.models import OrganizationCreate, OrganizationUpdate, ProjectCreate
+from remails_functions.web.mail import send_system_mail
+from remails_functions.web.render import PageRoute, page, redirect
+from remails_functions.web.scope import OrgScope, org_action, org_page, parse_id
+from remails_functions.web.session import Form, check_csrf, client_ip, ctx_of, read_form, visitor
 
 __all__ = ["router"]
 

@@ -13,15 +13,15 @@ from pydantic import ValidationError
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from functions.web.session import LoginRequired
 from remails.errors import RemailsError
+from remails_functions.web.session import LoginRequired
 
 __all__ = ["CSP", "PageRoute", "SecurityHeaders", "page", "redirect"]
 
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 
 _env = Environment(
-    loader=PackageLoader("functions.web", "templates"),
+    loader=PackageLoader("remails_functions.web", "templates"),
     autoescape=select_autoescape(["html"]),
     enable_async=False,
 )

@@ -8,16 +8,16 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from functions.web.login import anonymous_page
-from functions.web.mail import send_system_mail
-from functions.web.render import PageRoute, redirect
-from functions.web.session import check_csrf, ctx_of, read_form, user_actor
 from remails.accounts import hash_password, normalise_email, password_problem
 from remails.crypto import generate_secret
 from remails.db import audit, users
 from remails.db.rows import transaction
 from remails.errors import NotFound
 from remails.log import log_event
+from remails_functions.web.login import anonymous_page
+from remails_functions.web.mail import send_system_mail
+from remails_functions.web.render import PageRoute, redirect
+from remails_functions.web.session import check_csrf, ctx_of, read_form, user_actor
 
 __all__ = ["router"]
 

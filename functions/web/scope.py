@@ -10,10 +10,14 @@ from uuid import UUID
 
 from fastapi import Request
 
-from functions.api.audit_log import changing
-from functions.api.auth import Principal, refuse_if_frozen
-from functions.api.organizations import organization_of
-from functions.web.session import (
+from remails.context import Context
+from remails.db import orgs
+from remails.db.rows import Executor
+from remails.errors import Forbidden, NotFound
+from remails_functions.api.audit_log import changing
+from remails_functions.api.auth import Principal, refuse_if_frozen
+from remails_functions.api.organizations import organization_of
+from remails_functions.web.session import (
     Form,
     Visitor,
     check_csrf,
@@ -23,10 +27,6 @@ from functions.web.session import (
     read_form,
     visitor,
 )
-from remails.context import Context
-from remails.db import orgs
-from remails.db.rows import Executor
-from remails.errors import Forbidden, NotFound
 
 __all__ = ["OrgScope", "org_action", "org_page", "parse_id"]
 

@@ -10,15 +10,15 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from functions.api import credentials as api_credentials
-from functions.api import domains as api_domains
-from functions.api.models import ApiKeyCreate, DomainCreate, DomainOut, SmtpCredentialCreate
-from functions.api.organizations import project_of
-from functions.web.render import PageRoute, page, redirect
-from functions.web.scope import OrgScope, org_action, org_page, parse_id
 from remails.db import credentials, domains, orgs
 from remails.domain_records import expected_records
 from remails.errors import NotFound
+from remails_functions.api import credentials as api_credentials
+from remails_functions.api import domains as api_domains
+from remails_functions.api.models import ApiKeyCreate, DomainCreate, DomainOut, SmtpCredentialCreate
+from remails_functions.api.organizations import project_of
+from remails_functions.web.render import PageRoute, page, redirect
+from remails_functions.web.scope import OrgScope, org_action, org_page, parse_id
 
 __all__ = ["router"]
 

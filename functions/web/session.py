@@ -14,12 +14,12 @@ from uuid import UUID
 from fastapi import Request
 from starlette.responses import Response
 
-from functions.api.auth import Principal
 from remails.accounts import csrf_matches, csrf_token
 from remails.context import Context
 from remails.crypto import generate_secret
 from remails.db import audit, sessions, users
 from remails.errors import Forbidden, InvalidInput, NotFound
+from remails_functions.api.auth import Principal
 
 __all__ = [
     "PRE_COOKIE",

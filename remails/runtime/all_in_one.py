@@ -10,7 +10,6 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from functions.api import create_app
 from remails import metrics
 from remails.admin_token import ensure_admin_token
 from remails.bus.inprocess import InProcessBus
@@ -26,8 +25,9 @@ from remails.runtime.banner import Listening, show_token, welcome
 from remails.runtime.lifecycle import exit_if_lost, pipeline_pools, stop_event, watch_embedded
 from remails.runtime.supervisor import supervise_workers
 from remails.runtime.wiring import function_triggers
-from sender_node.agent import SenderNode
-from smtp_edge.server import EdgeServer
+from remails_functions.api import create_app
+from remails_sender_node.agent import SenderNode
+from remails_smtp_edge.server import EdgeServer
 
 __all__ = ["Runtime", "run_all_in_one"]
 

@@ -13,9 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-import functions
-from functions import ALL_SUBSCRIPTIONS
-from functions.api import create_app
+import remails_functions
 from remails import metrics
 from remails.admin_token import ensure_admin_token
 from remails.bus import Handler
@@ -28,8 +26,10 @@ from remails.function import serve_event
 from remails.http_server import bounded_config
 from remails.log import configure_logging
 from remails.runtime.lifecycle import stop_event
-from sender_node.agent import SenderNode
-from smtp_edge.server import EdgeServer
+from remails_functions import ALL_SUBSCRIPTIONS
+from remails_functions.api import create_app
+from remails_sender_node.agent import SenderNode
+from remails_smtp_edge.server import EdgeServer
 
 __all__ = ["serve_role"]
 
@@ -57,7 +57,9 @@ async def serve_role(settings: Settings, role: str, name: str | None) -> None:
 
         if name != "send" and name not in {sub.function for sub in ALL_SUBSCRIPTIONS}:
             raise ConfigError(f"unknown function {name!r}")
-        source = str(Path(functions.__file__).with_name("send_function.py" if name == "send" else "main.py"))
+        source = str(
+            Path(remails_functions.__file__).with_name("send_function.py" if name == "send" else "main.py")
+        )
         app = create_function_app(target=name, source=source)  # type: ignore[no-untyped-call]
         listener = metrics.MetricsListener(*settings.metrics_listen, database=None)
         await listener.start()

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from cloudevents.http import CloudEvent
 
-from functions import HANDLERS, FunctionHandler, intake, retry
 from remails.bus import Trigger
 from remails.context import Context
+from remails_functions import HANDLERS, FunctionHandler, intake, retry
 
 __all__ = ["FUSED_INTO_INTAKE", "function_triggers"]
 

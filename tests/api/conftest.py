@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from functions.api import create_app
 from remails.config import Settings, load_settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, credentials
+from remails_functions.api import create_app
 from tests.factories import Tenant, make_tenant
 from tests.support.recording import RecordingPublisher
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from functions import quota, route, validate
 from remails.db import Pool, egress, pipeline
 from remails.events import EventType, MessageEvent, make_event
+from remails_functions import quota, route, validate
 from tests.api.conftest import Api
 from tests.factories import Tenant, store_message
 from tests.support.db import one_row

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from functions.api import create_app
 from remails.http_server import HttpServer
+from remails_functions.api import create_app
 from tests.api.conftest import Api
 
 

@@ -74,10 +74,10 @@ async def test_messages_are_listed_with_filters(cli: Cli, pool: Pool) -> None:
 async def test_status_says_whether_the_server_answers_and_what_is_queued(
     cli: Cli, pool: Pool, tmp_path: Path
 ) -> None:
-    from functions.api import create_app
     from remails.context import Context
     from remails.crypto import load_master_key
     from remails.http_server import HttpServer
+    from remails_functions.api import create_app
     from tests.support.recording import RecordingPublisher
 
     settings = load_settings(data_dir=cli.env["REMAILS_DATA_DIR"])

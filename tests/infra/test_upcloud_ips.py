@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from functions.ip_manager import Move, live_servers, place_ips, ptr_fixes, reconcile_ips
-from functions.upcloud import FloatingIp, UpCloud
+from remails_functions.ip_manager import Move, live_servers, place_ips, ptr_fixes, reconcile_ips
+from remails_functions.upcloud import FloatingIp, UpCloud
 
 HOSTNAME = "mail.example.com"
 A, B, C = (f"00{n}a0000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3))

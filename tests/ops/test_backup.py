@@ -31,7 +31,7 @@ from remails.crypto import load_master_key
 from remails.db import Pool, create_pool, credentials, domains
 from remails.db.messages import NewMessage, insert_message
 from remails.db.operations import read_figures
-from sender_node.dkim_signer import DkimSigner
+from remails_sender_node.dkim_signer import DkimSigner
 from tests.factories import Tenant, make_tenant
 
 ORG_DOMAIN = "zebrafinch.test"  # the organization is called "org zebrafinch.test"

@@ -10,12 +10,12 @@ from email import message_from_bytes
 from email.policy import default as default_policy
 from typing import Any
 
-from functions import notify
 from remails.config import Settings, load_settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, orgs, users
 from remails.events import EventType, Tick, make_event
+from remails_functions import notify
 from tests.factories import make_tenant
 from tests.support.db import one_row
 from tests.support.recording import RecordingPublisher

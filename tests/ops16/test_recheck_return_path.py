@@ -9,7 +9,6 @@ from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
-from functions.dns_check import handle_tick
 from remails import return_path
 from remails.config import Settings
 from remails.context import Context
@@ -17,6 +16,7 @@ from remails.crypto import load_master_key
 from remails.db import Pool, domains, inbound
 from remails.domain_records import expected_records, return_path_records
 from remails.events import EventType
+from remails_functions.dns_check import handle_tick
 from tests.factories import make_tenant
 from tests.support.dnsserver import LocalDns
 from tests.support.recording import RecordingPublisher

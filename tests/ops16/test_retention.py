@@ -10,12 +10,12 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from functions import retry
 from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, messages, retention
 from remails.events import EventType, Tick, make_event
+from remails_functions import retry
 from tests.factories import Tenant, make_tenant, store_message
 from tests.support.recording import RecordingPublisher
 

@@ -8,13 +8,13 @@ from uuid import UUID, uuid4
 
 from cloudevents.http import CloudEvent
 
-from functions import intake
 from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, egress, pipeline, suppressions
 from remails.db.messages import NewMessage, insert_message
 from remails.events import EventType, MessageEvent, make_event
+from remails_functions import intake
 from tests.factories import Tenant, make_tenant, store_message
 from tests.support.db import as_dict, one_row
 from tests.support.recording import RecordingPublisher

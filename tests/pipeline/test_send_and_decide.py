@@ -7,13 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
-from functions import retry
 from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, pipeline
 from remails.events import DeliveryAttempted, EventType, make_event
 from remails.outcomes import RetryPolicy
+from remails_functions import retry
 from tests.factories import Tenant, make_tenant, store_message
 from tests.support.db import as_dict
 from tests.support.recording import RecordingPublisher

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import dns.asyncresolver
 import pytest
 
-from sender_node.mta_sts import MtaSts
+from remails_sender_node.mta_sts import MtaSts
 
 
 class BlackHoleDns:

@@ -10,7 +10,7 @@ import pytest
 
 from remails.db.shaping import SiteState
 from remails.errors import ConfigError
-from sender_node.shaping import (
+from remails_sender_node.shaping import (
     Limits,
     RateState,
     ShapingConfig,

@@ -17,7 +17,7 @@ from remails.config import Settings, load_settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool
-from smtp_edge.server import EdgeServer
+from remails_smtp_edge.server import EdgeServer
 from tests.factories import Tenant, make_tenant
 from tests.support.recording import RecordingPublisher
 

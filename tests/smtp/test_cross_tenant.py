@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from functions import validate
 from remails.events import EventType, MessageEvent, make_event
+from remails_functions import validate
 from tests.factories import Tenant, make_tenant
 from tests.smtp.conftest import Edge
 from tests.support.db import one_row

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, _AuthMechAttr
 
-from smtp_edge.server import EdgeSMTP, MxSMTP
+from remails_smtp_edge.server import EdgeSMTP, MxSMTP
 from tests.smtp.conftest import Edge
 
 

@@ -14,7 +14,7 @@ import pytest
 from remails.config import Settings
 from remails.db import Pool, credentials
 from remails.db.messages import NewMessage, insert_messages
-from smtp_edge.group_commit import GroupCommit, StoreFailed
+from remails_smtp_edge.group_commit import GroupCommit, StoreFailed
 from tests.factories import Tenant, make_tenant
 from tests.smtp.conftest import Edge, EdgeFactory
 from tests.support.postgres import PostgresServer

@@ -1,6 +1,6 @@
 """RFC 6531 at the edge: which addresses need SMTPUTF8, and which UTF-8 addresses are refused."""
 
-from smtp_edge.policy import BAD_UTF8_ADDRESS, UTF8_NEEDS_SMTPUTF8, check_address_charset
+from remails_smtp_edge.policy import BAD_UTF8_ADDRESS, UTF8_NEEDS_SMTPUTF8, check_address_charset
 
 
 def test_ascii_addresses_pass_with_or_without_smtputf8() -> None:

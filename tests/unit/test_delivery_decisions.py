@@ -2,8 +2,6 @@ import random
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
-from functions.route import choose_egress
-from functions.validate import decide
 from remails.outcomes import (
     RecipientResult,
     RetryPolicy,
@@ -13,7 +11,9 @@ from remails.outcomes import (
     next_attempt_at,
     split_enhanced,
 )
-from sender_node.mx import order_mx
+from remails_functions.route import choose_egress
+from remails_functions.validate import decide
+from remails_sender_node.mx import order_mx
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(first_seconds=60, max_seconds=1800)

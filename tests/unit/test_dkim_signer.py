@@ -2,7 +2,7 @@ import dkim
 import pytest
 
 from remails.crypto import generate_dkim_key
-from sender_node.dkim_signer import DkimSigner
+from remails_sender_node.dkim_signer import DkimSigner
 
 KEY = generate_dkim_key()
 RECORD = f"v=DKIM1; k=rsa; p={KEY.public_b64}".encode()
@@ -42,7 +42,7 @@ def test_a_changed_body_or_signed_header_fails() -> None:
 
 def test_ed25519_signs_alongside_rsa_and_both_verify_with_dkimpy() -> None:
     from remails.crypto import generate_ed25519_dkim_key
-    from sender_node.dkim_signer import SignerSet
+    from remails_sender_node.dkim_signer import SignerSet
 
     ed = generate_ed25519_dkim_key()
     records = {

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from smtp_edge.data_reader import LINE_TOO_LONG, TOO_MUCH_DATA, DataParser
+from remails_smtp_edge.data_reader import LINE_TOO_LONG, TOO_MUCH_DATA, DataParser
 
 LINE_LIMIT = 1001  # aiosmtpd's line_length_limit, the edge's reader limit
 

@@ -8,9 +8,9 @@ from remails.errors import (
     TooManyRecipients,
 )
 from remails.sending_policy import address_domain, check_sender
-from smtp_edge.policy import check_recipient_count, trusted_project
-from smtp_edge.replies import with_enhanced_code
-from smtp_edge.throttle import AuthThrottle
+from remails_smtp_edge.policy import check_recipient_count, trusted_project
+from remails_smtp_edge.replies import with_enhanced_code
+from remails_smtp_edge.throttle import AuthThrottle
 
 
 def facts(block: str = "not_blocked", quota_left: int = 10, domains: list[str] | None = None) -> SenderFacts:

@@ -3,9 +3,9 @@ throttle's reservation, and the store budget."""
 
 from __future__ import annotations
 
-from smtp_edge.connections import ConnectionTable, admission, proxy_peer_trusted
-from smtp_edge.store_budget import StoreBudget
-from smtp_edge.throttle import AuthThrottle
+from remails_smtp_edge.connections import ConnectionTable, admission, proxy_peer_trusted
+from remails_smtp_edge.store_budget import StoreBudget
+from remails_smtp_edge.throttle import AuthThrottle
 
 
 def test_admission_refuses_at_the_total_and_at_the_per_address_limit() -> None:

@@ -8,8 +8,8 @@ import random
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from smtp_edge.paths import plain_path
-from smtp_edge.server import EdgeSMTP
+from remails_smtp_edge.paths import plain_path
+from remails_smtp_edge.server import EdgeSMTP
 
 
 def _read(protocol: SMTP, arg: str) -> object:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from functions.validate import decide
 from remails.sending_policy import from_addresses, header_fields
+from remails_functions.validate import decide
 
 OWN = ["own.test"]
 

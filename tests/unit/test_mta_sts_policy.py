@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sender_node.mta_sts import (
+from remails_sender_node.mta_sts import (
     MAX_AGE_LIMIT,
     Policy,
     PolicyError,

@@ -15,9 +15,9 @@ import pytest
 from remails.addresses import parse_mailbox
 from remails.db.pipeline import AttemptRecord
 from remails.message_headers import longest_line, trace_domain
-from sender_node.seven_bit import to_seven_bit
-from sender_node.smtp_client import contained, failed_attempt
-from sender_node.transaction_plan import mail_options, plan_transaction
+from remails_sender_node.seven_bit import to_seven_bit
+from remails_sender_node.smtp_client import contained, failed_attempt
+from remails_sender_node.transaction_plan import mail_options, plan_transaction
 
 MODERN = {"size", "8bitmime", "smtputf8", "starttls", "pipelining"}
 SEVEN_BIT = {"size", "starttls"}

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from functions.api import create_app
 from remails.accounts import hash_password
 from remails.config import Settings, load_settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, users
+from remails_functions.api import create_app
 from tests.e2e.conftest import World, world  # noqa: F401  (the fixture, for the browser tests)
 from tests.factories import Tenant, make_tenant
 from tests.support.recording import RecordingPublisher

@@ -343,10 +343,10 @@ async def test_a_fully_blocked_organization_is_shown_but_not_changed_in_the_dash
 
 
 async def test_the_dashboard_shows_the_same_dmarc_record_as_the_api_with_its_rua(site: Site) -> None:
-    from functions.api.domains import get_domain
-    from functions.web.session import Visitor, principal_in
     from remails.context import Context
     from remails.crypto import load_master_key
+    from remails_functions.api.domains import get_domain
+    from remails_functions.web.session import Visitor, principal_in
     from tests.support.recording import RecordingPublisher
 
     ann = await add_user(site.pool, "ann@acme.test", org=site.acme)

@@ -6,7 +6,6 @@ from datetime import date
 
 import pyotp
 
-from functions.web.activity import stacked_bars
 from remails.accounts import (
     csrf_matches,
     csrf_token,
@@ -17,6 +16,7 @@ from remails.accounts import (
     totp_step,
     verify_password,
 )
+from remails_functions.web.activity import stacked_bars
 
 
 def test_passwords_are_argon2id_and_verified() -> None:
