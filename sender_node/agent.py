@@ -246,7 +246,9 @@ class SenderNode:
         transactions = [] if claimed.sandbox else self._transactions(claimed, by_domain)
         results = await asyncio.gather(
             *(
-                self._deliver_and_record(message.id, domain, rcpts, mail_from, payload, outbound_ip)
+                self._deliver_and_record(
+                    message.id, domain, rcpts, mail_from, payload, outbound_ip, str(message.organization_id)
+                )
                 for domain, rcpts, mail_from in transactions
             ),
             return_exceptions=True,
@@ -324,14 +326,16 @@ class SenderNode:
         mail_from: str,
         payload: Payload | BaseException,
         source_ip: str,
+        tenant: str = "",
     ) -> None:
         """One destination, start to end: its outcome is stored the moment it is known, so a
-        crash later never sends to recipients that already have the message."""
+        crash later never sends to recipients that already have the message. `tenant` (the
+        organization) takes its turn with the others in a site's ready queue."""
         if isinstance(payload, BaseException):
             attempt = await contained(_reraise(payload), domain, recipients, source_ip)
         else:
             attempt = await contained(
-                self._attempt(domain, recipients, mail_from, payload, source_ip, message_id),
+                self._attempt(domain, recipients, mail_from, payload, source_ip, message_id, tenant),
                 domain,
                 recipients,
                 source_ip,
@@ -371,6 +375,7 @@ class SenderNode:
         payload: Payload,
         source_ip: str,
         message_id: UUID,
+        tenant: str = "",
     ) -> pipeline.AttemptRecord:
         started = time.monotonic()
         mx_domain = ascii_domain(domain)
@@ -384,7 +389,7 @@ class SenderNode:
             return failed_attempt(domain, recipients, source_ip, exc.enhanced, exc.text, started)
         names = [h.name for h in hosts]
         site = site_name(names)
-        to = _Destination(message_id, domain, site, self._limits_of(site, names), source_ip)
+        to = _Destination(message_id, domain, site, self._limits_of(site, names), source_ip, tenant)
         envelope = Envelope(mail_from, recipients, payload)
         looked_up = time.monotonic()
         policy = await self.mta_sts.policy(mx_domain) if self.mta_sts is not None else None
@@ -424,7 +429,7 @@ class SenderNode:
             await pipeline.extend_lease(self.ctx.pipeline, to.message_id, self.name, self.lease_seconds)
 
         try:
-            ticket = await queue.acquire(want, renew, renew_every)
+            ticket = await queue.acquire(want, renew, renew_every, to.tenant)
         except ShapingRefused as exc:
             return failed_attempt(
                 to.domain, envelope.recipients, to.source_ip, "4.4.5", f"shaping: {exc}", started
@@ -505,6 +510,7 @@ class _Destination:
     site: str
     limits: Limits
     source_ip: str
+    tenant: str = ""  # the organization: tenants take turns in a ready queue
     waits: list[str] = dataclasses.field(default_factory=list)
 
 

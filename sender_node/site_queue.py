@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -64,11 +64,72 @@ class Ticket:
     why: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiter:
     want: Want
     future: asyncio.Future[Ticket]
     why: str | None = None
+    tenant: str = ""
+
+
+class FairLine:
+    """The waiters of one ready queue: first come first served within a tenant, tenants in
+    turn, so one organization's burst to a site never holds back another's next message (the
+    fairness of KumoMTA's per-tenant scheduled queues, kept inside the ready queue)."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, deque[_Waiter]] = {}
+        self._turns: deque[str] = deque()  # tenants with waiters, whose turn is next first
+        self._count = 0
+        self.last: _Waiter | None = None  # the most recent to join
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[_Waiter]:
+        return (w for line in self._by_tenant.values() for w in line)
+
+    def count(self, tenant: str) -> int:
+        line = self._by_tenant.get(tenant)
+        return 0 if line is None else len(line)
+
+    def append(self, waiter: _Waiter) -> None:
+        line = self._by_tenant.get(waiter.tenant)
+        if line is None:
+            line = self._by_tenant[waiter.tenant] = deque()
+            self._turns.append(waiter.tenant)
+        line.append(waiter)
+        self._count += 1
+        self.last = waiter
+
+    def head(self) -> _Waiter | None:
+        """The first waiter of the tenant whose turn it is."""
+        return self._by_tenant[self._turns[0]][0] if self._turns else None
+
+    def served(self, waiter: _Waiter) -> None:
+        """`waiter` is served or gone; when it was the head, its tenant's turn passes to the
+        next tenant. (It may have left the line already, while the head was being served.)"""
+        if self.head() is not waiter:
+            self.remove(waiter)
+            return
+        tenant = self._turns.popleft()
+        line = self._by_tenant[tenant]
+        line.popleft()
+        self._count -= 1
+        if line:
+            self._turns.append(tenant)
+        else:
+            del self._by_tenant[tenant]
+
+    def remove(self, waiter: _Waiter) -> None:
+        line = self._by_tenant.get(waiter.tenant)
+        if line is None or waiter not in line:
+            return
+        line.remove(waiter)
+        self._count -= 1
+        if not line:
+            del self._by_tenant[waiter.tenant]
+            self._turns.remove(waiter.tenant)
 
 
 def _clock(epoch: float) -> str:
@@ -87,7 +148,7 @@ class ReadyQueue:
     window_end: float = 0.0  # epoch
     suspended_until: float = 0.0  # epoch
     factor: float = 1.0
-    waiters: deque[_Waiter] = field(default_factory=deque)
+    waiters: FairLine = field(default_factory=FairLine)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _pump: asyncio.Task[None] | None = None
@@ -95,23 +156,30 @@ class ReadyQueue:
     # -- asking ------------------------------------------------------------------------------------
 
     async def acquire(
-        self, want: Want, renew: Callable[[], Awaitable[object]] | None = None, renew_every: float = 60.0
+        self,
+        want: Want,
+        renew: Callable[[], Awaitable[object]] | None = None,
+        renew_every: float = 60.0,
+        tenant: str = "",
     ) -> Ticket:
-        """A ticket at once when the queue is empty and the limits allow; else wait in line,
-        calling `renew` (the message's lease) every `renew_every` seconds while waiting."""
+        """A ticket at once when the queue is empty and the limits allow; else wait in line
+        (in turn with the other tenants waiting), calling `renew` (the message's lease) every
+        `renew_every` seconds while waiting. The line's bound is per tenant, so one tenant
+        filling it refuses nobody else."""
         started = time.monotonic()
-        why = (self.waiters[-1].why if self.waiters else None) or "a connection"  # as those ahead
+        last = self.waiters.last if self.waiters else None
+        why = (last.why if last is not None else None) or "a connection"  # as those ahead
         if not self.waiters:
             async with self._lock:
                 ticket, why = await self._try(want)
             if ticket is not None:
                 return ticket
-        if len(self.waiters) >= self.shaper.queue_max:
+        if self.waiters.count(tenant) >= self.shaper.queue_max:
             raise ShapingRefused(
                 f"the ready queue for site {self.site} from {self.source_ip} is full"
-                f" ({len(self.waiters)} waiting)"
+                f" ({self.waiters.count(tenant)} of this organization's destinations waiting)"
             )
-        waiter = _Waiter(want, asyncio.get_running_loop().create_future(), why)
+        waiter = _Waiter(want, asyncio.get_running_loop().create_future(), why, tenant)
         self.waiters.append(waiter)
         self._kick()
         deadline = started + self.shaper.max_wait
@@ -135,8 +203,7 @@ class ReadyQueue:
                 self.release(waiter.future.result())  # granted as we gave up: pass it on
             else:
                 waiter.future.cancel()
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)
+            self.waiters.remove(waiter)
             raise
 
     def _kick(self) -> None:
@@ -146,10 +213,9 @@ class ReadyQueue:
 
     async def _serve(self) -> None:
         """Hand tickets to the waiters in order as the limits allow."""
-        while self.waiters:
-            head = self.waiters[0]
+        while (head := self.waiters.head()) is not None:
             if head.future.done():
-                self.waiters.popleft()
+                self.waiters.served(head)
                 continue
             self._changed.clear()
             try:
@@ -159,7 +225,7 @@ class ReadyQueue:
                 log_event(logger, "shaping state unavailable", logging.WARNING, error=type(exc).__name__)
                 ticket, why = None, "the shaping state (database unavailable)"
             if ticket is not None:
-                self.waiters.popleft()
+                self.waiters.served(head)
                 if head.future.done():
                     self.release(ticket)
                 else:

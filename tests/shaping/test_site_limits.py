@@ -349,7 +349,8 @@ async def test_a_full_ready_queue_defers_the_next_destination_4_4_5(world: World
         )
         full = [a for a in attempts if a["enhanced"] == "4.4.5"]
         assert len(full) == 1
-        assert f"the ready queue for site {SITE} from 127.0.0.2 is full (1 waiting)" in full[0]["text"]
+        full_text = f"the ready queue for site {SITE} from 127.0.0.2 is full (1 of this organization's"
+        assert full_text in full[0]["text"]
         assert len(meter.arrivals) == 2
     finally:
         await _stop(servers)
@@ -419,5 +420,45 @@ async def test_idle_connections_of_one_node_give_way_to_another_node_waiting(wor
         assert meter.peak["127.0.0.2"] == 2
         waited = await pool.fetchval("SELECT waited FROM attempts WHERE message_id = $1::uuid", message_id)
         assert "for a connection (all held by other processes)" in str(waited)
+    finally:
+        await _stop(servers)
+
+
+ONE_CONNECTION = '[sites.shaped]\nmx = ["*.shaped.test"]\nmax_connections = 1\n'
+
+
+async def test_tenants_take_turns_in_a_sites_ready_queue(world: World) -> None:
+    """One organization's burst to a site waits in line; another organization's message that
+    joins the line after it is served next, not after the whole burst."""
+    meter = Meter()
+    servers = await _sites(world, meter)
+    try:
+        runtime = await world.runtime(
+            outbound_ips="127.0.0.2", shaping_file=_shaping_file(world.tmp, ONE_CONNECTION)
+        )
+        assert runtime.db is not None
+        pool = runtime.db.pool
+        await _suspend_site(pool, 6)  # everything queues until then
+        bulk = await world.tenant(runtime, "bulk.test")
+        await _submit_many(runtime, world, bulk, 10)  # 20 destinations of one organization
+
+        async def bulk_waiting() -> bool:
+            count = await pool.fetchval(
+                "SELECT count(*) FROM messages WHERE organization_id = $1 AND status = 'sending'",
+                bulk.org_id,
+            )
+            return int(count) == 10
+
+        await wait_until(bulk_waiting, bound=30)
+        other = await world.tenant(runtime, "reset.test")
+        reset_id = await world.submit(runtime, other, ["reset@one.test"])
+
+        async def all_delivered() -> bool:
+            return await _delivered(pool) == 21
+
+        await wait_until(all_delivered, bound=60, interval=0.2)
+        order = await pool.fetch("SELECT message_id FROM recipients ORDER BY delivered_at, id")
+        rank = [str(r["message_id"]) for r in order].index(str(reset_id))
+        assert rank <= 2, f"the other organization's message was delivered {rank + 1}th of 21"
     finally:
         await _stop(servers)
