@@ -185,6 +185,8 @@ class Settings(BaseSettings):
     shaping_max_wait_seconds: float = Field(default=300.0, gt=0)
     shaping_window_seconds: float = Field(default=60.0, gt=0)  # the rate's window (tests shorten it)
     sender_max_in_flight: int = Field(default=5000, ge=1)  # messages a sender node holds at once
+    # ... of which one organization may hold this many: a burst leaves room for the others
+    sender_max_in_flight_per_organization: int = Field(default=1000, ge=1)
     upcloud_credentials_dir: Path | None = None
     upcloud_api_url: str = "https://api.upcloud.com/1.3"
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -116,6 +117,7 @@ class SenderNode:
         # bus's workers, so each is delivered in a task of its own, at most this many at once.
         self._in_flight = asyncio.Semaphore(s.sender_max_in_flight)
         self._sending: set[asyncio.Task[None]] = set()
+        self._in_flight_by_organization: Counter[UUID] = Counter()
 
     def triggers(self) -> list[Trigger]:
         """One trigger per egress source, like one Knative Trigger per IP pointing at this node."""
@@ -207,25 +209,45 @@ class SenderNode:
         data = event_data(event, MessageRouted)
         if data.outbound_ip not in self.ips:
             return None
-        await self._in_flight.acquire()  # the only wait here: this node holds its maximum
+        organization = data.organization_id
+        held = self._in_flight_by_organization
+        if held[organization] >= self.settings.sender_max_in_flight_per_organization:
+            # This organization holds its share of the node: the message stays routed and the
+            # sweep routes it again later, so its burst never takes every sending slot.
+            return None
+        held[organization] += 1  # reserved before any wait, so concurrent events count too
+        try:
+            await self._in_flight.acquire()  # the only wait here: this node holds its maximum
+        except BaseException:
+            self._unreserve(organization)
+            raise
         try:
             claimed = await pipeline.claim_for_sending(
                 self.ctx.pipeline, data.message_id, data.outbound_ip, self.name, self.lease_seconds
             )
         except BaseException:
-            self._in_flight.release()
+            self._released(organization)
             raise
         if claimed is None:
-            self._in_flight.release()
+            self._released(organization)
             return None  # a duplicate event, or another node took it
         task = asyncio.create_task(self._send(claimed, data.outbound_ip))
         self._sending.add(task)
-        task.add_done_callback(self._sent)
+        task.add_done_callback(functools.partial(self._sent, organization))
         return None  # delivery.attempted is published when the message is done
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
+    def _released(self, organization: UUID) -> None:
         self._in_flight.release()
+        self._unreserve(organization)
+
+    def _unreserve(self, organization: UUID) -> None:
+        self._in_flight_by_organization[organization] -= 1
+        if self._in_flight_by_organization[organization] <= 0:
+            del self._in_flight_by_organization[organization]
+
+    def _sent(self, organization: UUID, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._released(organization)
         if not task.cancelled() and task.exception() is not None:
             # The database failed us: the lease runs out and the sweep re-drives the message.
             log_event(logger, "sending failed", logging.ERROR, error=type(task.exception()).__name__)

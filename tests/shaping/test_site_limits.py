@@ -462,3 +462,48 @@ async def test_tenants_take_turns_in_a_sites_ready_queue(world: World) -> None:
         assert rank <= 2, f"the other organization's message was delivered {rank + 1}th of 21"
     finally:
         await _stop(servers)
+
+
+async def test_one_organization_holds_at_most_its_share_of_a_sender_node(world: World) -> None:
+    """With the site suspended every claimed message waits; one organization's burst takes its
+    share of the node and no more, so another organization's message is still taken."""
+    meter = Meter()
+    servers = await _sites(world, meter)
+    try:
+        runtime = await world.runtime(
+            outbound_ips="127.0.0.2", sender_max_in_flight=3, sender_max_in_flight_per_organization=2
+        )
+        assert runtime.db is not None
+        pool = runtime.db.pool
+        await _suspend_site(pool, 8)
+        bulk = await world.tenant(runtime, "bulk.test")
+        for i in range(4):
+            await world.submit(runtime, bulk, [f"user{i}@one.test"])
+
+        async def sending(org_id: object) -> int:
+            return int(
+                await pool.fetchval(
+                    "SELECT count(*) FROM messages WHERE organization_id = $1 AND status = 'sending'",
+                    org_id,
+                )
+            )
+
+        async def bulk_holds_its_share() -> bool:
+            return await sending(bulk.org_id) == 2
+
+        await wait_until(bulk_holds_its_share, bound=30)
+        other = await world.tenant(runtime, "reset.test")
+        await world.submit(runtime, other, ["reset@one.test"])
+
+        async def other_taken() -> bool:
+            return await sending(other.org_id) == 1
+
+        await wait_until(other_taken, bound=5)  # long before the suspension ends
+        assert await sending(bulk.org_id) == 2
+
+        async def all_delivered() -> bool:
+            return await _delivered(pool) == 5
+
+        await wait_until(all_delivered, bound=60, interval=0.2)
+    finally:
+        await _stop(servers)
