@@ -260,10 +260,10 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a domain name like reports.example.com, got {value!r}")
         return name
 
-    @field_validator("system_project_id", "system_from", mode="before")
+    @field_validator("system_project_id", "system_from", "public_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value  # Terraform sets both, empty when unused
+        return None if value == "" else value  # Terraform sets them, empty when unused
 
     @field_validator("system_from")
     @classmethod

@@ -21,6 +21,8 @@ locals {
     # empty: they are only recorded.
     REMAILS_SYSTEM_PROJECT_ID = var.system_project_id
     REMAILS_SYSTEM_FROM       = var.system_from
+    # The base of the links in password-reset and invitation mails; empty: the API's own address.
+    REMAILS_PUBLIC_URL = var.public_url
   }
 
   # function → the event types it consumes (remails/events.py; checked by tests/infra).

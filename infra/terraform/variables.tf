@@ -38,6 +38,12 @@ variable "system_from" {
   default     = ""
 }
 
+variable "public_url" {
+  description = "Where users reach the dashboard (e.g. https://mail.example.eu): the base of the links in password-reset and invitation mails (REMAILS_PUBLIC_URL). Empty: the API's listening address."
+  type        = string
+  default     = ""
+}
+
 variable "submission_hostname" {
   description = "The name applications submit to (the SMTP load balancer's address); in the certificate beside var.hostname. Empty: var.hostname only."
   type        = string
