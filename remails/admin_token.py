@@ -11,9 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
-from remails.db import Pool
+from remails.db import Pool, audit
+from remails.db.audit import Actor
 from remails.db.credentials import create_api_key, has_super_admin
-from remails.db.rows import Executor
+from remails.db.rows import Executor, transaction
 
 __all__ = ["AdminKey", "admin_keys", "ensure_admin_token", "rotate_admin_token"]
 
@@ -31,7 +32,13 @@ async def ensure_admin_token(pool: Pool, data_dir: Path) -> str | None:
     """The new token when none existed (also written to `<data dir>/admin-token`, mode 0600)."""
     if await has_super_admin(pool):
         return None
-    _, token = await create_api_key(pool, None, "admin", description="operator (created on first start)")
+    async with transaction(pool) as conn:
+        key, token = await create_api_key(
+            conn, None, "admin", description="operator (created on first start)"
+        )
+        await audit.record(
+            conn, Actor("operator", "startup"), "admin_token.create", organization_id=None, target=key.id
+        )
     _write_private(data_dir / "admin-token", token)
     return token
 

@@ -54,3 +54,11 @@ async def test_rotate_prints_a_working_token_and_revokes_the_previous_ones(
     assert await authenticate_api_key(pool, second["token"]) is not None
     # Nothing written to the data dir: the token is printed once, to the operator.
     assert not (tmp_path / "admin-token").exists()
+
+
+async def test_the_token_made_on_first_start_is_in_the_audit_log(pool: Pool, tmp_path: Path) -> None:
+    assert await ensure_admin_token(pool, tmp_path) is not None
+    assert await ensure_admin_token(pool, tmp_path) is None  # one token, one entry
+    rows = await pool.fetch("SELECT actor_kind, actor_id, action, target FROM audit_log")
+    key_id = await pool.fetchval("SELECT id FROM api_keys WHERE organization_id IS NULL")
+    assert [tuple(r) for r in rows] == [("operator", "startup", "admin_token.create", str(key_id))]
