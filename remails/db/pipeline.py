@@ -32,14 +32,12 @@ __all__ = [
     "admit",
     "advance",
     "apply_intake",
-    "apply_outcome",
     "apply_outcomes",
     "apply_validation",
     "claim_for_sending",
     "extend_lease",
     "finish_sending",
     "hold_blocked",
-    "load_attempted",
     "load_attempted_many",
     "load_message",
     "load_to_intake",
@@ -678,82 +676,22 @@ class Attempted:
     created_at: datetime | None = None  # when it was accepted (for the accept-to-final figure)
 
 
-_ATTEMPTED = """
+_ATTEMPTED_MANY = """
 SELECT m.id, m.organization_id, m.project_id, m.status::text, m.attempts, m.expires_at, m.created_at,
        COALESCE((SELECT jsonb_agg(jsonb_build_object(
                     'id', r.id, 'address', r.address, 'domain', r.domain, 'status', r.status,
                     'last_code', r.last_code, 'last_enhanced', r.last_enhanced, 'last_text', r.last_text)
                     ORDER BY r.id)
                    FROM recipients r WHERE r.message_id = m.id), '[]'::jsonb) AS recipients
-  FROM messages m WHERE m.id = $1
+  FROM messages m WHERE m.id = ANY($1::uuid[]) AND m.status = 'attempted'
 """
-
-
-async def load_attempted(conn: Executor, message_id: UUID) -> Attempted | None:
-    row = await conn.fetchrow(_ATTEMPTED, message_id)
-    if row is None:
-        return None
-    key = MessageKey(row["id"], row["organization_id"], row["project_id"])
-    recipients = [RecipientRow(**r) for r in row["recipients"]]
-    return Attempted(key, row["status"], row["attempts"], row["expires_at"], recipients, row["created_at"])
-
-
-# apply_outcome: attempted → the decided status, each recipient's new status, and hard
-# bounces suppressed, in one statement guarded by `attempted`.
-_OUTCOME = """
-WITH m AS (
-    UPDATE messages
-       SET status = $2::message_status, reason = $3, next_attempt_at = $4, updated_at = now(),
-           finished_at = CASE WHEN $2::text IN ('delivered', 'bounced', 'failed') THEN now() END
-     WHERE id = $1 AND status = 'attempted'
-    RETURNING id, organization_id
-), r AS (
-    UPDATE recipients
-       SET status = u.status::recipient_status, updated_at = now(),
-           delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE recipients.delivered_at END
-      FROM unnest($5::bigint[], $6::text[]) AS u(id, status)
-     WHERE recipients.id = u.id AND recipients.message_id IN (SELECT id FROM m)
-    RETURNING 1
-), s AS (
-    INSERT INTO suppressions (organization_id, address, reason)
-    SELECT m.organization_id, lower(x.address), x.reason
-      FROM m, unnest($7::text[], $8::text[]) AS x(address, reason)
-    ON CONFLICT DO NOTHING
-)
--- The outbox row is written with the outcome; the WHERE runs the recipients' update first.
-SELECT enqueue_webhooks(id, 'message.' || $2::text) FROM m WHERE (SELECT count(*) FROM r) >= 0
-"""
-
-
-async def apply_outcome(
-    conn: Executor,
-    message_id: UUID,
-    recipient_statuses: dict[int, str],
-    suppress: Sequence[tuple[str, str]],
-    status: str,
-    reason: str | None,
-    next_attempt: datetime | None,
-) -> int | None:
-    """None when the message was not `attempted`; else how many webhooks were queued."""
-    queued: int | None = await conn.fetchval(
-        _OUTCOME,
-        message_id,
-        status,
-        reason,
-        next_attempt,
-        list(recipient_statuses),
-        list(recipient_statuses.values()),
-        [address for address, _ in suppress],
-        [why for _, why in suppress],
-    )
-    return queued
 
 
 # -- decide, for a batch ----------------------------------------------------------------------
 
 
 async def load_attempted_many(conn: Executor, message_ids: Sequence[UUID]) -> list[Attempted]:
-    """The `attempted` ones among `message_ids`, as load_attempted reads each."""
+    """The `attempted` ones among `message_ids`, each with its recipients."""
     rows = await conn.fetch(_ATTEMPTED_MANY, list(message_ids))
     return [
         Attempted(
@@ -768,11 +706,6 @@ async def load_attempted_many(conn: Executor, message_ids: Sequence[UUID]) -> li
     ]
 
 
-_ATTEMPTED_MANY = _ATTEMPTED.replace(
-    "WHERE m.id = $1", "WHERE m.id = ANY($1::uuid[]) AND m.status = 'attempted'"
-)
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What the decide step concluded for one attempted message."""
@@ -785,7 +718,7 @@ class Outcome:
     suppress: list[tuple[str, str]]  # (address, why)
 
 
-# apply_outcomes: apply_outcome for a batch, in one statement: each message moves only if
+# apply_outcomes: attempted → the decided status for a batch, in one statement: each message moves only if
 # still `attempted` (rows locked in id order), with its recipients, suppressions and webhooks.
 _OUTCOMES = """
 WITH o AS (
