@@ -7,14 +7,12 @@ tick → re-emits whatever is due (deferred), expired (failed) or stuck in any s
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from cloudevents.http import CloudEvent
 
 from remails import metrics
-from remails.attempt_decision import decide_outcome, outcome_counts, outcome_event
+from remails.attempt_decision import apply_decisions
 from remails.context import Context
 from remails.db import pipeline, retention, sweep
 from remails.dkim_rotation import sweep_rotations
@@ -53,25 +51,7 @@ async def handle_attempted_batch(ctx: Context, events: Sequence[CloudEvent]) -> 
     ids = list({event_data(e, DeliveryAttempted).message_id: None for e in events})
     messages = await pipeline.load_attempted_many(ctx.pipeline, ids)
     policy = RetryPolicy(ctx.settings.retry_first_seconds, ctx.settings.retry_max_seconds)
-    now = datetime.now(UTC)
-    outcomes = [decide_outcome(m, now, policy, random.uniform(-1, 1)) for m in messages]
-    queued = await pipeline.apply_outcomes(ctx.pipeline, outcomes)
-    replies = []
-    for message, outcome in zip(messages, outcomes, strict=True):
-        if message.key.id not in queued:
-            continue  # another decision won: this event was a duplicate
-        metrics.finished(outcome.status, message.created_at)
-        counts = outcome_counts(outcome)
-        log_event(
-            logger,
-            "attempt decided",
-            message_id=message.key.id,
-            status=outcome.status,
-            attempts=message.attempts,
-            **counts,
-        )
-        replies.append(outcome_event(message.key, outcome, queued[message.key.id]))
-    return replies
+    return await apply_decisions(ctx.pipeline, messages, policy)
 
 
 async def handle_attempted(ctx: Context, event: CloudEvent) -> CloudEvent | None:

@@ -7,12 +7,18 @@ message's state can decide it the same way.
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from cloudevents.http import CloudEvent
 
+from remails import metrics
 from remails.db import pipeline
+from remails.db.rows import Executor
 from remails.events import EventType, MessageOutcome, make_event
+from remails.log import log_event
 from remails.outcomes import (
     RecipientResult,
     RetryPolicy,
@@ -22,7 +28,9 @@ from remails.outcomes import (
     next_attempt_at,
 )
 
-__all__ = ["decide_outcome", "outcome_counts", "outcome_event"]
+__all__ = ["apply_decisions", "decide_outcome", "outcome_counts", "outcome_event"]
+
+logger = logging.getLogger("remails.decide")
 
 _OUTCOME_EVENTS = {
     "delivered": EventType.MESSAGE_DELIVERED,
@@ -74,8 +82,40 @@ def decide_outcome(
         statuses[r.id] = disposition
         if is_hard_bounce(result):
             suppress.append((r.address, "hard bounce: " + _reply_text(result)))
-    final = message_outcome([statuses.get(r.id, r.status) for r in message.recipients])
+    now_statuses = [statuses.get(r.id, r.status) for r in message.recipients]
+    final = message_outcome(now_statuses + list(message.settled))
     outcome = pipeline.Outcome(message.key.id, final, None, None, statuses, suppress)
     reason = ", ".join(f"{n} {s}" for s, n in outcome_counts(outcome).items()) or None
     next_attempt = retry_at if final == "deferred" else None
     return pipeline.Outcome(message.key.id, final, reason, next_attempt, statuses, suppress)
+
+
+async def apply_decisions(
+    conn: Executor,
+    messages: Sequence[pipeline.Attempted],
+    policy: RetryPolicy,
+    *,
+    node: str | None = None,
+    signed: bytes | None = None,
+) -> list[CloudEvent]:
+    """Decide each message, move them in one statement, and return the outcome events of those
+    that moved (a message another decision moved first is left out). `node`: the messages are
+    still `sending` under that node's lease — the sender deciding its own attempt."""
+    now = datetime.now(UTC)
+    outcomes = [decide_outcome(m, now, policy, random.uniform(-1, 1)) for m in messages]
+    queued = await pipeline.apply_outcomes(conn, outcomes, node=node, signed=signed)
+    events = []
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if message.key.id not in queued:
+            continue
+        metrics.finished(outcome.status, message.created_at)
+        log_event(
+            logger,
+            "attempt decided",
+            message_id=message.key.id,
+            status=outcome.status,
+            attempts=message.attempts,
+            **outcome_counts(outcome),
+        )
+        events.append(outcome_event(message.key, outcome, queued[message.key.id]))
+    return events

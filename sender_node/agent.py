@@ -26,6 +26,7 @@ from cloudevents.http import CloudEvent
 
 from remails import metrics
 from remails.addresses import ascii_domain
+from remails.attempt_decision import apply_decisions
 from remails.bus import Trigger
 from remails.context import Context
 from remails.db import egress, pipeline
@@ -42,7 +43,7 @@ from remails.events import (
 )
 from remails.log import log_event
 from remails.message_headers import normalise_line_endings
-from remails.outcomes import RecipientResult, classify
+from remails.outcomes import RecipientResult, RetryPolicy, classify
 from remails.return_path import KEY_PURPOSE, envelope_senders
 from remails_sender_node.dkim_signer import DkimSigner, SignerSet
 from remails_sender_node.egress_ips import bindable
@@ -64,8 +65,11 @@ POLICY_WAIT_NOTED = 0.5  # seconds: an MTA-STS lookup at least this slow is name
 
 
 class SenderNode:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, decides: bool = False) -> None:
+        """`decides`: the node decides each attempt's outcome itself (the retry function shares
+        its process); otherwise it publishes delivery.attempted for the retry function."""
         self.ctx = ctx
+        self.decides = decides
         self.settings = ctx.settings
         self.name = ctx.settings.effective_node_name
         configured = list(ctx.settings.outbound_ips)
@@ -264,26 +268,36 @@ class SenderNode:
             payload = exc
         signed: bytes | None = None
         if claimed.sandbox:  # signed like any message, recorded delivered, sent to no MX
-            signed = await self._record_sandbox(message.id, by_domain, payload, outbound_ip)
-        transactions = [] if claimed.sandbox else self._transactions(claimed, by_domain)
-        results = await asyncio.gather(
-            *(
-                self._deliver_and_record(
-                    message.id, domain, rcpts, mail_from, payload, outbound_ip, str(message.organization_id)
-                )
-                for domain, rcpts, mail_from in transactions
-            ),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):  # the database failed us: the lease runs out
-                log_event(
-                    logger,
-                    "recording failed",
-                    logging.ERROR,
-                    message_id=message.id,
-                    error=type(result).__name__,
-                )
+            signed, recorded = await self._record_sandbox(message.id, by_domain, payload, outbound_ip)
+        else:
+            tenant = str(message.organization_id)
+            results = await asyncio.gather(
+                *(
+                    self._deliver_and_record(
+                        message.id, domain, rcpts, mail_from, payload, outbound_ip, tenant
+                    )
+                    for domain, rcpts, mail_from in self._transactions(claimed, by_domain)
+                ),
+                return_exceptions=True,
+            )
+            recorded = []
+            for result in results:
+                if isinstance(result, BaseException):  # the database failed us: the lease runs out
+                    log_event(
+                        logger,
+                        "recording failed",
+                        logging.ERROR,
+                        message_id=message.id,
+                        error=type(result).__name__,
+                    )
+                    recorded.append(None)
+                else:
+                    recorded.append(result)
+        attempts = [a for a in recorded if a is not None]
+        if self.decides and len(attempts) == len(recorded):
+            await self._decide(claimed, attempts, signed)
+            return
+        # Another process decides (the retry function), from what the database holds.
         if not await pipeline.finish_sending(self.ctx.pipeline, message.id, self.name, signed):
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=message.id)
             return
@@ -298,33 +312,74 @@ class SenderNode:
         )
         await self.ctx.publisher.publish(event)
 
+    async def _decide(
+        self, claimed: pipeline.Claimed, attempts: list[pipeline.AttemptRecord], signed: bytes | None
+    ) -> None:
+        """The decide step on this attempt's own replies (every destination recorded): sending →
+        the outcome in one statement, as the retry function would have decided it from the
+        stored rows, and the outcome event published here."""
+        replies = {address: reply for a in attempts for address, reply in a.replies.items()}
+        recipients = []
+        for address, domain in claimed.recipients:
+            code, enhanced, text = replies.get(address, (None, None, "no reply recorded"))
+            delivered = classify(RecipientResult(code, enhanced, text)) == "delivered"
+            recipients.append(
+                pipeline.RecipientRow(
+                    claimed.recipient_ids.get(address, 0),
+                    address,
+                    domain,
+                    "delivered" if delivered else "pending",  # as the record step stored it
+                    code,
+                    enhanced,
+                    text,
+                )
+            )
+        message = pipeline.Attempted(
+            claimed.key,
+            "sending",
+            claimed.attempts,
+            claimed.expires_at,
+            recipients,
+            claimed.created_at,
+            tuple(claimed.settled),
+        )
+        policy = RetryPolicy(self.settings.retry_first_seconds, self.settings.retry_max_seconds)
+        events = await apply_decisions(self.ctx.pipeline, [message], policy, node=self.name, signed=signed)
+        if not events:
+            log_event(logger, "lease lost before recording", logging.WARNING, message_id=claimed.key.id)
+        for event in events:
+            await self.ctx.publisher.publish(event)
+
     async def _record_sandbox(
         self,
         message_id: UUID,
         by_domain: dict[str, list[str]],
         payload: Payload | BaseException,
         source_ip: str,
-    ) -> bytes | None:
+    ) -> tuple[bytes | None, list[pipeline.AttemptRecord | None]]:
         """A sandbox message's destinations, recorded delivered with a note and no DNS or MX
-        contact; returns the signed bytes (None: signing failed, recorded as any failure)."""
+        contact; returns the signed bytes (None: signing failed, recorded as any failure) and
+        each destination's recorded attempt (None: not recorded, the lease was lost)."""
+        recorded: list[pipeline.AttemptRecord | None] = []
         try:
             if isinstance(payload, BaseException):
                 raise payload
             signed = payload.data(seven_bit=False)
         except Exception as exc:
             for domain, rcpts in by_domain.items():
-                await self._deliver_and_record(message_id, domain, rcpts, "", exc, source_ip)
-            return None
+                recorded.append(await self._deliver_and_record(message_id, domain, rcpts, "", exc, source_ip))
+            return None, recorded
         for domain, rcpts in by_domain.items():
             attempt = _sandbox_attempt(domain, rcpts, source_ip)
-            if not await pipeline.record_destination(
-                self.ctx.pipeline, message_id, self.name, attempt, rcpts
-            ):
+            if await pipeline.record_destination(self.ctx.pipeline, message_id, self.name, attempt, rcpts):
+                recorded.append(attempt)
+            else:
                 log_event(logger, "lease lost before recording", logging.WARNING, message_id=message_id)
+                recorded.append(None)
             log_event(
                 logger, "sandbox attempt", message_id=message_id, domain=domain, egress_source=source_ip
             )
-        return signed
+        return signed, recorded
 
     def _transactions(
         self, claimed: pipeline.Claimed, by_domain: dict[str, list[str]]
@@ -349,10 +404,11 @@ class SenderNode:
         payload: Payload | BaseException,
         source_ip: str,
         tenant: str = "",
-    ) -> None:
+    ) -> pipeline.AttemptRecord | None:
         """One destination, start to end: its outcome is stored the moment it is known, so a
         crash later never sends to recipients that already have the message. `tenant` (the
-        organization) takes its turn with the others in a site's ready queue."""
+        organization) takes its turn with the others in a site's ready queue. Returns the
+        recorded attempt (None: the lease was no longer ours, nothing was stored)."""
         if isinstance(payload, BaseException):
             attempt = await contained(_reraise(payload), domain, recipients, source_ip)
         else:
@@ -367,9 +423,9 @@ class SenderNode:
             for address, (code, enhanced, text) in attempt.replies.items()
             if classify(RecipientResult(code, enhanced, text)) == "delivered"
         ]
-        if not await pipeline.record_destination(
-            self.ctx.pipeline, message_id, self.name, attempt, delivered
-        ):
+        pipe = self.ctx.pipeline
+        stored = await pipeline.record_destination(pipe, message_id, self.name, attempt, delivered)
+        if not stored:
             log_event(
                 logger, "lease lost before recording", logging.WARNING, message_id=message_id, domain=domain
             )
@@ -388,6 +444,7 @@ class SenderNode:
             duration_ms=attempt.duration_ms,
         )
         metrics.ATTEMPTS.labels(classify(RecipientResult(attempt.code, attempt.enhanced, attempt.text))).inc()
+        return attempt if stored else None
 
     async def _attempt(
         self,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from remails.config import Settings
+from remails.db import pipeline
 from remails.db.embedded import EmbeddedPostgres, start_embedded
 from remails.db.migrate import migrate
 
@@ -29,13 +31,27 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     change session state, and that query was a round trip on every release."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, durable: bool = True) -> Pool:
-    """`durable=False`: commits return before the WAL is flushed (synchronous_commit off)."""
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    durable: bool = True,
+    warm_up: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> Pool:
+    """`durable=False`: commits return before the WAL is flushed (synchronous_commit off).
+    `warm_up` runs on every new connection before the pool hands it out."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if warm_up is not None:
+            await warm_up(conn)
+
     pool: Pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         reset=_keep_session,
         server_settings={} if durable else {"synchronous_commit": "off"},
     )
@@ -58,7 +74,7 @@ class Database:
     async def open_pipeline_pool(self, max_size: int) -> Pool:
         # Opened up front: the first burst of mail should not wait for connections.
         self.pipeline_pool = await create_pool(
-            self.dsn, min_size=max_size // 2, max_size=max_size, durable=False
+            self.dsn, min_size=max_size // 2, max_size=max_size, durable=False, warm_up=pipeline.warm_up
         )
         return self.pipeline_pool
 

@@ -67,7 +67,7 @@ class Runtime:
         self.ctx = ctx
         for trigger in function_triggers(ctx):
             self.bus.subscribe(trigger)
-        self.sender = SenderNode(ctx)
+        self.sender = SenderNode(ctx, decides=True)  # retry shares this process
         for trigger in self.sender.triggers():
             self.bus.subscribe(trigger)
         self.bus.start()

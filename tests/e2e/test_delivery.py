@@ -6,7 +6,9 @@ from __future__ import annotations
 import dkim
 import dns.resolver
 import httpx
+from cloudevents.http import CloudEvent
 
+from remails.bus import Trigger
 from remails.db import credentials, egress, orgs
 from remails.events import EventType, MessageEvent, make_event
 from tests.e2e.conftest import World, message_status
@@ -200,3 +202,34 @@ async def test_an_ipv6_egress_source_delivers_to_the_mx_aaaa_address(world: Worl
     assert [r.peer_ip for r in sink.received] == ["::1"]
     attempt = await one_row(runtime.db.pool, "SELECT host(source_ip) AS ip, mx_host FROM attempts")
     assert tuple(attempt) == ("::1", "mx-xx1.test")
+
+
+async def test_the_all_in_one_sender_decides_its_attempts_without_a_delivery_attempted_hop(
+    world: World,
+) -> None:
+    """Sharing retry's process, the sender decides each attempt itself and publishes the outcome:
+    a delivered message and a deferred one both skip `attempted`, and the retry schedule and the
+    later delivery are the same as the retry function gives."""
+    sink = await world.sink("dest-a.test", "127.0.0.10")
+    runtime = await world.runtime()
+    tenant = await world.tenant(runtime, "example.test")
+    assert runtime.db is not None and runtime.bus is not None
+    pool = runtime.db.pool
+    seen: list[tuple[str, str]] = []
+
+    async def record(event: CloudEvent) -> None:
+        seen.append((event["type"], event["msgid"]))
+
+    runtime.bus.subscribe(Trigger("test-recorder", [{"prefix": {"type": ""}}], record))
+    sink.handler.data_replies.append("451 4.3.0 try again")
+    deferred_first = await world.submit(runtime, tenant, ["one@dest-a.test"])
+    await wait_until(lambda: _is(pool, deferred_first, "delivered"))
+
+    kinds = [kind for kind, msgid in seen if msgid == deferred_first]
+    assert "delivery.attempted" not in kinds
+    assert kinds.count("message.deferred") == 1 and kinds.count("message.delivered") == 1
+    row = await one_row(
+        pool, "SELECT attempts, lease_owner FROM messages WHERE id = $1::uuid", deferred_first
+    )
+    assert (row["attempts"], row["lease_owner"]) == (2, None)
+    assert len(sink.received) == 1

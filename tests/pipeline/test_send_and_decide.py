@@ -1,12 +1,14 @@
 """The sender's statements and the decide step in fewer round trips: the claim answers the
-return-path question too, and the retry function decides a batch of attempted messages with
-one statement. Real PostgreSQL."""
+return-path question and hands out what the decide step needs, the retry function decides a
+batch of attempted messages with one statement, and a sender sharing retry's process decides
+its own attempt with one statement. Real PostgreSQL."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from uuid import UUID
 
+from remails.attempt_decision import apply_decisions
 from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
@@ -15,7 +17,7 @@ from remails.events import DeliveryAttempted, EventType, make_event
 from remails.outcomes import RetryPolicy
 from remails_functions import retry
 from tests.factories import Tenant, make_tenant, store_message
-from tests.support.db import as_dict
+from tests.support.db import as_dict, one_row
 from tests.support.recording import RecordingPublisher
 
 NODE, IP = "node-a", "127.0.0.2"
@@ -101,3 +103,91 @@ async def test_retry_decides_a_batch_with_one_statement_and_skips_duplicates(
     stale = pipeline.Outcome(ids[1], "deferred", "1 deferred", datetime.now(UTC), {}, [])
     assert await pipeline.apply_outcomes(pool, [stale]) == {}
     assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", ids[1]) == "delivered"
+
+
+async def test_the_sender_decides_its_own_attempt_from_the_claim_and_its_replies(
+    pool: Pool, settings: Settings
+) -> None:
+    """sending → the outcome in one statement, only under the deciding node's lease, counting the
+    recipients settled by an earlier attempt (which the claim does not hand out again)."""
+    tenant = await make_tenant(pool, settings, "acme.test")
+    message_id = await _routed(pool, tenant, ["a@dest.test", "b@dest.test"])
+    await pool.execute(
+        "UPDATE recipients SET status = 'delivered' WHERE message_id = $1 AND address = 'b@dest.test'",
+        message_id,
+    )
+    claimed = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+    assert claimed is not None
+    assert (claimed.attempts, claimed.settled) == (1, ["delivered"])
+    assert claimed.expires_at > claimed.created_at
+    bounce = _reply("a@dest.test", 550, "5.1.1 unknown")
+    assert await pipeline.record_destination(pool, message_id, NODE, bounce, [])
+    rows = [
+        pipeline.RecipientRow(
+            claimed.recipient_ids["a@dest.test"],
+            "a@dest.test",
+            "dest.test",
+            "pending",
+            550,
+            None,
+            "5.1.1 unknown",
+        )
+    ]
+    attempted = pipeline.Attempted(
+        claimed.key,
+        "sending",
+        claimed.attempts,
+        claimed.expires_at,
+        rows,
+        claimed.created_at,
+        tuple(claimed.settled),
+    )
+
+    assert await apply_decisions(pool, [attempted], POLICY, node="node-b") == []  # not its lease
+    assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", message_id) == "sending"
+    assert await apply_decisions(pool, [attempted], POLICY) == []  # the retry function's form: not attempted
+
+    events = await apply_decisions(pool, [attempted], POLICY, node=NODE)
+    assert [(e["type"], e["msgid"]) for e in events] == [("message.bounced", str(message_id))]
+    row = await one_row(
+        pool,
+        "SELECT status::text, lease_owner, lease_until, finished_at FROM messages WHERE id = $1",
+        message_id,
+    )
+    assert (row["status"], row["lease_owner"], row["lease_until"]) == ("bounced", None, None)
+    assert row["finished_at"] is not None
+    recipients = await as_dict(
+        pool, "SELECT address, status::text FROM recipients WHERE message_id = $1", message_id
+    )
+    assert recipients == {"a@dest.test": "bounced", "b@dest.test": "delivered"}
+    assert await pool.fetchval(
+        "SELECT address FROM suppressions WHERE organization_id = $1", tenant.org_id
+    ) == ("a@dest.test")
+    assert await apply_decisions(pool, [attempted], POLICY, node=NODE) == []  # decided once
+
+
+async def test_a_deferred_recipient_beside_a_settled_one_defers_the_message(
+    pool: Pool, settings: Settings
+) -> None:
+    tenant = await make_tenant(pool, settings, "acme.test")
+    message_id = await _routed(pool, tenant, ["a@dest.test", "b@dest.test"])
+    await pool.execute(
+        "UPDATE recipients SET status = 'delivered' WHERE message_id = $1 AND address = 'b@dest.test'",
+        message_id,
+    )
+    claimed = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+    assert claimed is not None
+    rows = [
+        pipeline.RecipientRow(
+            claimed.recipient_ids["a@dest.test"], "a@dest.test", "dest.test", "pending", 451, None, "busy"
+        )
+    ]
+    attempted = pipeline.Attempted(
+        claimed.key, "sending", 1, claimed.expires_at, rows, claimed.created_at, tuple(claimed.settled)
+    )
+    (event,) = await apply_decisions(pool, [attempted], POLICY, node=NODE)
+    assert event["type"] == "message.deferred"
+    row = await one_row(
+        pool, "SELECT status::text, next_attempt_at, lease_owner FROM messages WHERE id = $1", message_id
+    )
+    assert row["status"] == "deferred" and row["next_attempt_at"] is not None and row["lease_owner"] is None
