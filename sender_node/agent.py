@@ -271,12 +271,21 @@ class SenderNode:
             signed, recorded = await self._record_sandbox(message.id, by_domain, payload, outbound_ip)
         else:
             tenant = str(message.organization_id)
+            transactions = self._transactions(claimed, by_domain)
+            if self.decides and len(transactions) == 1:
+                # One transaction (the usual case): the decision's statement stores its attempt.
+                ((domain, rcpts, mail_from),) = transactions
+                attempt = await self._deliver_one(
+                    message.id, domain, rcpts, mail_from, payload, outbound_ip, tenant
+                )
+                await self._decide(claimed, [attempt], None, unrecorded=attempt)
+                return
             results = await asyncio.gather(
                 *(
                     self._deliver_and_record(
                         message.id, domain, rcpts, mail_from, payload, outbound_ip, tenant
                     )
-                    for domain, rcpts, mail_from in self._transactions(claimed, by_domain)
+                    for domain, rcpts, mail_from in transactions
                 ),
                 return_exceptions=True,
             )
@@ -313,22 +322,29 @@ class SenderNode:
         await self.ctx.publisher.publish(event)
 
     async def _decide(
-        self, claimed: pipeline.Claimed, attempts: list[pipeline.AttemptRecord], signed: bytes | None
+        self,
+        claimed: pipeline.Claimed,
+        attempts: list[pipeline.AttemptRecord],
+        signed: bytes | None,
+        *,
+        unrecorded: pipeline.AttemptRecord | None = None,
     ) -> None:
-        """The decide step on this attempt's own replies (every destination recorded): sending →
-        the outcome in one statement, as the retry function would have decided it from the
-        stored rows, and the outcome event published here."""
+        """The decide step on this attempt's own replies (every destination recorded, or the
+        one `unrecorded`, stored by the same statement): sending → the outcome in one
+        statement, as the retry function would have decided it from the stored rows, and the
+        outcome event published here."""
         replies = {address: reply for a in attempts for address, reply in a.replies.items()}
         recipients = []
         for address, domain in claimed.recipients:
             code, enhanced, text = replies.get(address, (None, None, "no reply recorded"))
-            delivered = classify(RecipientResult(code, enhanced, text)) == "delivered"
+            # A recorded positive reply already made its recipient delivered (record_destination).
+            delivered = unrecorded is None and classify(RecipientResult(code, enhanced, text)) == "delivered"
             recipients.append(
                 pipeline.RecipientRow(
                     claimed.recipient_ids.get(address, 0),
                     address,
                     domain,
-                    "delivered" if delivered else "pending",  # as the record step stored it
+                    "delivered" if delivered else "pending",
                     code,
                     enhanced,
                     text,
@@ -344,7 +360,9 @@ class SenderNode:
             tuple(claimed.settled),
         )
         policy = RetryPolicy(self.settings.retry_first_seconds, self.settings.retry_max_seconds)
-        events = await apply_decisions(self.ctx.pipeline, [message], policy, node=self.name, signed=signed)
+        events = await apply_decisions(
+            self.ctx.pipeline, [message], policy, node=self.name, signed=signed, attempt=unrecorded
+        )
         if not events:
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=claimed.key.id)
         for event in events:
@@ -406,9 +424,35 @@ class SenderNode:
         tenant: str = "",
     ) -> pipeline.AttemptRecord | None:
         """One destination, start to end: its outcome is stored the moment it is known, so a
-        crash later never sends to recipients that already have the message. `tenant` (the
-        organization) takes its turn with the others in a site's ready queue. Returns the
+        crash later never sends to recipients that already have the message. Returns the
         recorded attempt (None: the lease was no longer ours, nothing was stored)."""
+        attempt = await self._deliver_one(
+            message_id, domain, recipients, mail_from, payload, source_ip, tenant
+        )
+        delivered = [
+            address
+            for address, (code, enhanced, text) in attempt.replies.items()
+            if classify(RecipientResult(code, enhanced, text)) == "delivered"
+        ]
+        if await pipeline.record_destination(self.ctx.pipeline, message_id, self.name, attempt, delivered):
+            return attempt
+        log_event(
+            logger, "lease lost before recording", logging.WARNING, message_id=message_id, domain=domain
+        )
+        return None
+
+    async def _deliver_one(
+        self,
+        message_id: UUID,
+        domain: str,
+        recipients: list[str],
+        mail_from: str,
+        payload: Payload | BaseException,
+        source_ip: str,
+        tenant: str,
+    ) -> pipeline.AttemptRecord:
+        """One destination's transaction (or why there was none), logged and counted; `tenant`
+        (the organization) takes its turn with the others in a site's ready queue."""
         if isinstance(payload, BaseException):
             attempt = await contained(_reraise(payload), domain, recipients, source_ip)
         else:
@@ -417,17 +461,6 @@ class SenderNode:
                 domain,
                 recipients,
                 source_ip,
-            )
-        delivered = [
-            address
-            for address, (code, enhanced, text) in attempt.replies.items()
-            if classify(RecipientResult(code, enhanced, text)) == "delivered"
-        ]
-        pipe = self.ctx.pipeline
-        stored = await pipeline.record_destination(pipe, message_id, self.name, attempt, delivered)
-        if not stored:
-            log_event(
-                logger, "lease lost before recording", logging.WARNING, message_id=message_id, domain=domain
             )
         log_event(
             logger,
@@ -444,7 +477,7 @@ class SenderNode:
             duration_ms=attempt.duration_ms,
         )
         metrics.ATTEMPTS.labels(classify(RecipientResult(attempt.code, attempt.enhanced, attempt.text))).inc()
-        return attempt if stored else None
+        return attempt
 
     async def _attempt(
         self,

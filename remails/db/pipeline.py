@@ -8,7 +8,7 @@ message first — and callers then do nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -738,17 +738,14 @@ class Outcome:
 # apply_outcomes: attempted → the decided status for a batch, in one statement: each message moves only if
 # still `attempted` (rows locked in id order), with its recipients, suppressions and webhooks. With
 # a node ($10), sending → the decided status instead, only while that node holds the lease: the
-# sender deciding its own attempt; $11 then replaces a sandbox message's bytes with the signed ones.
+# sender deciding its own attempt; $11 then replaces a sandbox message's bytes with the signed ones,
+# and $12 to $26 record its last destination's attempt (what record_destination would have stored).
 _OUTCOMES = """
 WITH o AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
                   AS o(id, status, reason, next_attempt_at)
 ), locked AS (
-    SELECT id FROM messages
-     WHERE id IN (SELECT id FROM o)
-       AND CASE WHEN $10::text IS NULL THEN status = 'attempted'
-                ELSE status = 'sending' AND lease_owner = $10::text END
-     ORDER BY id FOR UPDATE
+    SELECT id FROM messages WHERE {guard} ORDER BY id FOR UPDATE
 ), m AS (
     UPDATE messages
        SET status = o.status::message_status, reason = o.reason, next_attempt_at = o.next_attempt_at,
@@ -758,12 +755,24 @@ WITH o AS (
       FROM o WHERE messages.id = o.id AND messages.id IN (SELECT id FROM locked)
     RETURNING messages.id, messages.organization_id, o.status
 ), r AS (
+    -- `replied`: this statement also records the attempt's reply for the recipient (the
+    -- sender's last destination, not recorded apart); the other arrays are then empty.
     UPDATE recipients
        SET status = u.status::recipient_status, updated_at = now(),
-           delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE recipients.delivered_at END
-      FROM unnest($5::bigint[], $6::text[]) AS u(id, status)
+           delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE recipients.delivered_at END,
+           last_code = CASE WHEN u.replied THEN u.code ELSE recipients.last_code END,
+           last_enhanced = CASE WHEN u.replied THEN u.enhanced ELSE recipients.last_enhanced END,
+           last_text = CASE WHEN u.replied THEN u.text ELSE recipients.last_text END,
+           attempts = recipients.attempts + CASE WHEN u.replied THEN 1 ELSE 0 END
+      FROM unnest($5::bigint[], $6::text[], $12::boolean[], $13::int[], $14::text[], $15::text[])
+           AS u(id, status, replied, code, enhanced, text)
      WHERE recipients.id = u.id AND recipients.message_id IN (SELECT id FROM m)
     RETURNING 1
+), a AS (
+    INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,
+                          enhanced, text, duration_ms, site, waited)
+    SELECT m.id, $16, $17::text[], $18, $19::inet, $20, $21, $22, $23, $24, $25, $26
+      FROM m WHERE $16::text IS NOT NULL
 ), s AS (
     INSERT INTO suppressions (organization_id, address, reason)
     SELECT m.organization_id, lower(x.address), x.reason
@@ -775,22 +784,45 @@ WITH o AS (
 SELECT id, status, enqueue_webhooks(id, 'message.' || status) AS webhooks
   FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
+# Two statements, not one with a CASE: a guard the planner cannot see through made it scan every
+# `sending` row (the partial index) instead of looking the message up by its key.
+_OUTCOMES_OF_ATTEMPTED = _OUTCOMES.replace(
+    "{guard}", "id IN (SELECT id FROM o) AND status = 'attempted' AND $10::text IS NULL"
+)
+_OUTCOMES_OF_SENDING = _OUTCOMES.replace(
+    "{guard}", "id = ($1::uuid[])[1] AND status = 'sending' AND lease_owner = $10::text"
+)
 
 
 async def apply_outcomes(
-    conn: Executor, outcomes: Sequence[Outcome], *, node: str | None = None, signed: bytes | None = None
+    conn: Executor,
+    outcomes: Sequence[Outcome],
+    *,
+    node: str | None = None,
+    signed: bytes | None = None,
+    attempt: AttemptRecord | None = None,
+    recipient_ids: Mapping[str, int] | None = None,
 ) -> dict[UUID, int]:
-    """Message id → webhooks queued, for the messages that were still `attempted` (with `node`:
-    still `sending` under that node's lease; `signed` is then the one message's signed bytes,
-    stored for a sandbox message)."""
+    """Message id → webhooks queued, for the messages that were still `attempted`. With `node`:
+    still `sending` under that node's lease — one message finished by its sender, `signed` its
+    signed bytes (a sandbox message), `attempt` its last destination's attempt, stored here
+    instead of by record_destination (`recipient_ids`: address → recipient row)."""
     if not outcomes:
         return {}
-    if signed is not None and (node is None or len(outcomes) != 1):
-        raise ValueError("signed bytes belong to one message finished by its sender")
+    if node is not None and len(outcomes) != 1:
+        raise ValueError("a sender finishes one message at a time")
+    if (signed is not None or attempt is not None) and node is None:
+        raise ValueError("signed bytes and an attempt belong to a message finished by its sender")
     statuses = [(rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
+    replied: dict[int, tuple[int | None, str | None, str]] = {}
+    if attempt is not None:
+        ids = recipient_ids or {}
+        replied = {ids[address]: reply for address, reply in attempt.replies.items() if address in ids}
+    answered = [replied.get(rid) for rid, _ in statuses] if replied else []
+    a = attempt
     suppress = [(o.message_id, address, why) for o in outcomes for address, why in o.suppress]
     rows = await conn.fetch(
-        _OUTCOMES,
+        _OUTCOMES_OF_ATTEMPTED if node is None else _OUTCOMES_OF_SENDING,
         [o.message_id for o in outcomes],
         [o.status for o in outcomes],
         [o.reason for o in outcomes],
@@ -802,6 +834,21 @@ async def apply_outcomes(
         [w for _, _, w in suppress],
         node,
         signed,
+        [r is not None for r in answered],
+        [r[0] if r else None for r in answered],
+        [r[1] if r else None for r in answered],
+        [r[2] if r else None for r in answered],
+        a.domain if a else None,
+        a.recipients if a else None,
+        a.mx_host if a else None,
+        a.source_ip if a else None,
+        a.tls_version if a else None,
+        a.code if a else None,
+        a.enhanced if a else None,
+        a.text if a else None,
+        a.duration_ms if a else None,
+        a.site if a else None,
+        a.waited if a else None,
     )
     return {r["id"]: r["webhooks"] for r in rows}
 
@@ -823,4 +870,7 @@ async def warm_up(conn: Executor) -> None:
         _RECORD, _NOTHING, "", [], "", [], None, "192.0.2.0", None, None, None, "", 0, None, None
     )
     await conn.fetch(_ATTEMPTED_MANY, [])
-    await conn.fetch(_OUTCOMES, [], [], [], [], [], [], [], [], [], "", None)
+    for outcomes in (_OUTCOMES_OF_ATTEMPTED, _OUTCOMES_OF_SENDING):
+        await conn.fetch(
+            outcomes, [], [], [], [], [], [], [], [], [], None, None, *([[]] * 4), *([None] * 11)
+        )

@@ -191,3 +191,62 @@ async def test_a_deferred_recipient_beside_a_settled_one_defers_the_message(
         pool, "SELECT status::text, next_attempt_at, lease_owner FROM messages WHERE id = $1", message_id
     )
     assert row["status"] == "deferred" and row["next_attempt_at"] is not None and row["lease_owner"] is None
+
+
+async def test_the_deciding_statement_also_stores_the_last_destinations_attempt(
+    pool: Pool, settings: Settings
+) -> None:
+    """One transaction: its attempt row and each recipient's reply are written by the decision's
+    own statement, exactly as record_destination would have written them — and not when the
+    lease is another node's."""
+    tenant = await make_tenant(pool, settings, "acme.test")
+    message_id = await _routed(pool, tenant, ["a@dest.test"])
+    claimed = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+    assert claimed is not None
+    attempt = _reply("a@dest.test", 250, "2.0.0 queued as 1A2B")
+    rows = [
+        pipeline.RecipientRow(
+            claimed.recipient_ids["a@dest.test"],
+            "a@dest.test",
+            "dest.test",
+            "pending",
+            250,
+            None,
+            "2.0.0 queued as 1A2B",
+        )
+    ]
+    attempted = pipeline.Attempted(claimed.key, "sending", 1, claimed.expires_at, rows, claimed.created_at)
+
+    assert await apply_decisions(pool, [attempted], POLICY, node="node-b", attempt=attempt) == []
+    assert await pool.fetchval("SELECT count(*) FROM attempts WHERE message_id = $1", message_id) == 0
+
+    (event,) = await apply_decisions(pool, [attempted], POLICY, node=NODE, attempt=attempt)
+    assert event["type"] == "message.delivered"
+    stored = await one_row(
+        pool,
+        "SELECT domain, recipients, mx_host, host(source_ip) AS ip, code, text, duration_ms FROM attempts"
+        " WHERE message_id = $1",
+        message_id,
+    )
+    assert dict(stored) == {
+        "domain": "dest.test",
+        "recipients": ["a@dest.test"],
+        "mx_host": "mx.dest.test",
+        "ip": IP,
+        "code": 250,
+        "text": "2.0.0 queued as 1A2B",
+        "duration_ms": 5,
+    }
+    recipient = await one_row(
+        pool,
+        "SELECT status::text, last_code, last_text, attempts, delivered_at FROM recipients"
+        " WHERE message_id = $1",
+        message_id,
+    )
+    assert (recipient["status"], recipient["last_code"], recipient["last_text"], recipient["attempts"]) == (
+        "delivered",
+        250,
+        "2.0.0 queued as 1A2B",
+        1,
+    )
+    assert recipient["delivered_at"] is not None
