@@ -30,9 +30,7 @@ from remails.attempt_decision import apply_decisions
 from remails.bus import Trigger
 from remails.context import Context
 from remails.db import egress, pipeline
-from remails.db.dkim_keys import signing_keys
 from remails.dns import make_resolver
-from remails.domain_records import is_same_or_subdomain
 from remails.events import (
     DeliveryAttempted,
     EventType,
@@ -179,35 +177,27 @@ class SenderNode:
             except Exception as exc:  # a slot not given back now is given back next time
                 log_event(logger, "shaping housekeeping failed", logging.WARNING, error=type(exc).__name__)
 
-    async def _signer(self, org_id: UUID, mail_from: str) -> DkimSigner | SignerSet | None:
-        """The signer of the most specific registered domain of the sender: its RSA key, and its
-        Ed25519 key beside it when it has one. The key rows are read for every message (a
-        rotated or re-added key signs at once); only the parsed keys are kept, under digests of
-        the sealed keys themselves."""
-        sender_domain = mail_from.rpartition("@")[2].lower()
-        candidates = [sender_domain]
-        parts = sender_domain.split(".")
-        candidates += [".".join(parts[i:]) for i in range(1, len(parts) - 1)]
-        for name in candidates:
-            keys = await signing_keys(self.ctx.pipeline, org_id, name)
-            if not keys or not is_same_or_subdomain(sender_domain, keys[0].domain):
-                continue
-            digests = tuple((k.selector, hashlib.sha256(k.private_sealed).digest()) for k in keys)
-            cache_key = (org_id, keys[0].domain, digests)
-            signer = self._signers.get(cache_key)
-            if signer is None:
-                signers = [
-                    DkimSigner(
-                        k.domain, k.selector, self.ctx.master_key.open(k.private_sealed, context=k.domain)
-                    )
-                    for k in keys
-                ]
-                signer = signers[0] if len(signers) == 1 else SignerSet(signers)
-                if len(self._signers) >= SIGNER_CACHE_SIZE:
-                    self._signers.clear()
-                self._signers[cache_key] = signer
-            return signer
-        return None
+    def _signer(self, claimed: pipeline.Claimed) -> DkimSigner | SignerSet | None:
+        """The signer of the sender's most specific registered domain, from the keys the claim
+        read: its RSA key, and its Ed25519 key beside it when it has one. Only the parsed keys
+        are kept, under digests of the sealed keys themselves (a rotated key is a new entry)."""
+        domain = claimed.dkim_domain
+        if domain is None or not claimed.dkim_keys:
+            return None
+        org_id = claimed.key.organization_id
+        digests = tuple((selector, hashlib.sha256(sealed).digest()) for selector, sealed in claimed.dkim_keys)
+        cache_key = (org_id, domain, digests)
+        signer = self._signers.get(cache_key)
+        if signer is None:
+            signers = [
+                DkimSigner(domain, selector, self.ctx.master_key.open(sealed, context=domain))
+                for selector, sealed in claimed.dkim_keys
+            ]
+            signer = signers[0] if len(signers) == 1 else SignerSet(signers)
+            if len(self._signers) >= SIGNER_CACHE_SIZE:
+                self._signers.clear()
+            self._signers[cache_key] = signer
+        return signer
 
     async def handle_routed(self, event: CloudEvent) -> CloudEvent | None:
         data = event_data(event, MessageRouted)
@@ -262,7 +252,7 @@ class SenderNode:
         for address, domain in claimed.recipients:
             by_domain[domain].append(address)
         try:
-            signer = await self._signer(message.organization_id, claimed.mail_from)
+            signer = self._signer(claimed)
             payload: Payload | BaseException = Payload(normalise_line_endings(claimed.raw), signer)
         except Exception as exc:  # recorded for every destination below, like any other failure
             payload = exc

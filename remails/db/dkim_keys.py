@@ -8,9 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
-
-from remails.db.domains import DkimSigningKey
 from remails.db.rows import Executor, transaction
 from remails.errors import Conflict
 
@@ -22,7 +19,6 @@ __all__ = [
     "pending_keys",
     "promote",
     "retire_overdue",
-    "signing_keys",
     "start_rotation",
 ]
 
@@ -162,19 +158,3 @@ async def due_rotations(pool: Executor, rotation_seconds: float, limit: int) -> 
         limit,
     )
     return [(r["id"], r["name"]) for r in rows]
-
-
-async def signing_keys(pool: asyncpg.Pool, org_id: UUID, name: str) -> list[DkimSigningKey]:
-    """The keys that sign for the domain now: its RSA key, then any active Ed25519 key."""
-    rows = await pool.fetch(
-        "SELECT d.name, d.dkim_selector AS selector, d.dkim_private_sealed AS sealed, 0 AS rank"
-        " FROM domains d WHERE d.organization_id = $1 AND d.name = $2"
-        " UNION ALL"
-        " SELECT d.name, k.selector, k.private_sealed, 1 FROM domains d"
-        " JOIN dkim_keys k ON k.domain_id = d.id AND k.state = 'active'"
-        " WHERE d.organization_id = $1 AND d.name = $2"
-        " ORDER BY rank, selector",
-        org_id,
-        name.lower(),
-    )
-    return [DkimSigningKey(r["name"], r["selector"], r["sealed"]) for r in rows]

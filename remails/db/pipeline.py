@@ -498,6 +498,10 @@ class Claimed:
     expires_at: datetime
     created_at: datetime
     settled: list[str]
+    # The signing keys: the domain they sign for and its (selector, sealed private key) pairs,
+    # RSA first; None and [] when the organization has no domain for the sender.
+    dkim_domain: str | None
+    dkim_keys: list[tuple[str, bytes]]
 
 
 # claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt
@@ -538,8 +542,30 @@ SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox,
            AND (lower(split_part(c.mail_from, '@', 2)) = d.name
                 OR lower(split_part(c.mail_from, '@', 2)) LIKE '%.' || d.name)
          ORDER BY length(d.name) DESC LIMIT 1) AS return_domain,
+       k.domain AS dkim_domain, COALESCE(k.selectors, '{}') AS dkim_selectors,
+       COALESCE(k.sealed, '{}') AS dkim_sealed,
        CASE WHEN c.status = 'held' THEN enqueue_webhooks(c.id, 'message.held') END AS held_webhooks
-  FROM c JOIN projects p ON p.id = c.project_id, r
+  FROM c JOIN projects p ON p.id = c.project_id CROSS JOIN r
+  -- The signing keys, read with the claim (a rotated or re-added key signs at once): those of
+  -- the organization's most specific domain that is the sender's domain or a parent of it
+  -- (never a bare top-level name) — its RSA key first, then any active keys by selector.
+  LEFT JOIN LATERAL (
+      SELECT d.name AS domain,
+             array_prepend(d.dkim_selector, COALESCE(active.selectors, '{}')) AS selectors,
+             array_prepend(d.dkim_private_sealed, COALESCE(active.sealed, '{}')) AS sealed
+        FROM (SELECT lower(substring(c.mail_from FROM '@([^@]*)$')) AS name) sender
+        JOIN domains d ON d.organization_id = c.organization_id
+         AND (d.name = sender.name
+              OR (position('.' IN d.name) > 0
+                  AND right(sender.name, length(d.name) + 1) = '.' || d.name))
+        LEFT JOIN LATERAL (
+            SELECT array_agg(x.selector ORDER BY x.selector) AS selectors,
+                   array_agg(x.private_sealed ORDER BY x.selector) AS sealed
+              FROM dkim_keys x WHERE x.domain_id = d.id AND x.state = 'active'
+        ) active ON true
+       WHERE c.status = 'sending'
+       ORDER BY length(d.name) DESC LIMIT 1
+  ) k ON true
 """
 
 
@@ -564,6 +590,8 @@ async def claim_for_sending(
         row["expires_at"],
         row["created_at"],
         list(row["settled"]),
+        row["dkim_domain"],
+        list(zip(row["dkim_selectors"], (bytes(k) for k in row["dkim_sealed"]), strict=True)),
     )
 
 

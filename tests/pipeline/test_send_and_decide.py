@@ -15,6 +15,7 @@ from remails.crypto import load_master_key
 from remails.db import Pool, pipeline
 from remails.events import DeliveryAttempted, EventType, make_event
 from remails.outcomes import RetryPolicy
+from remails.sending_domains import add_sending_domain
 from remails_functions import retry
 from tests.factories import Tenant, make_tenant, store_message
 from tests.support.db import as_dict, one_row
@@ -250,3 +251,46 @@ async def test_the_deciding_statement_also_stores_the_last_destinations_attempt(
         1,
     )
     assert recipient["delivered_at"] is not None
+
+
+async def test_the_claim_reads_the_signing_keys_of_the_senders_most_specific_own_domain(
+    pool: Pool, settings: Settings
+) -> None:
+    """The keys come with the claim: the organization's own domain that is the sender's domain
+    or its nearest parent (never a bare top-level name, never another organization's), RSA key
+    first, then its active keys by selector."""
+    master_key = load_master_key(settings.secret_key, settings.data_dir)
+    tenant = await make_tenant(pool, settings, "acme.test")
+    await add_sending_domain(pool, master_key, tenant.org_id, [tenant.project_id], "mail.acme.test")
+    # A bare top-level name cannot be added; a row of one (say, from an old version) signs nothing.
+    await pool.execute(
+        "INSERT INTO domains SELECT (jsonb_populate_record(NULL::domains, to_jsonb(d)"
+        " || jsonb_build_object('id', gen_random_uuid(), 'name', 'test'))).*"
+        " FROM domains d WHERE d.name = 'acme.test'"
+    )
+    other = await make_tenant(pool, settings, "other.test")
+    domain_id = await pool.fetchval("SELECT id FROM domains WHERE name = 'mail.acme.test'")
+    await pool.execute(
+        "INSERT INTO dkim_keys (domain_id, selector, algorithm, private_sealed, public_key, state)"
+        " VALUES ($1, 'ed1', 'ed25519-sha256', '\\x01', 'pub', 'active'),"
+        "        ($1, 'ed0', 'ed25519-sha256', '\\x02', 'pub', 'pending')",
+        domain_id,
+    )
+
+    async def keys_for(sender: str, org: UUID) -> tuple[str | None, list[str]]:
+        message_id = await _routed(pool, tenant, ["a@dest.test"])
+        await pool.execute(
+            "UPDATE messages SET mail_from = $2, organization_id = $3 WHERE id = $1", message_id, sender, org
+        )
+        claimed = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+        assert claimed is not None
+        return claimed.dkim_domain, [selector for selector, _ in claimed.dkim_keys]
+
+    rsa = await pool.fetchval("SELECT dkim_selector FROM domains WHERE name = 'mail.acme.test'")
+    assert await keys_for("app@news.mail.acme.test", tenant.org_id) == ("mail.acme.test", [rsa, "ed1"])
+    assert (await keys_for("app@mail.acme.test", tenant.org_id))[0] == "mail.acme.test"
+    assert (await keys_for("App@ACME.test", tenant.org_id))[0] == "acme.test"
+    assert await keys_for("app@x-acme.test", tenant.org_id) == (None, [])  # a dot boundary
+    assert await keys_for("app@elsewhere.test", tenant.org_id) == (None, [])  # not the bare "test"
+    assert await keys_for("app@other.test", tenant.org_id) == (None, [])  # another organization's
+    assert (await keys_for("app@other.test", other.org_id))[0] == "other.test"
