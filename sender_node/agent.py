@@ -46,7 +46,7 @@ from remails.return_path import KEY_PURPOSE, envelope_senders
 from remails_sender_node.dkim_signer import DkimSigner, SignerSet
 from remails_sender_node.egress_ips import bindable
 from remails_sender_node.mta_sts import MtaSts, Policy, allowed_hosts
-from remails_sender_node.mx import DeliveryDnsError, MxHost, resolve_destination
+from remails_sender_node.mx import DeliveryDnsError, DestinationCache, MxHost, resolve_destination
 from remails_sender_node.payload import Payload
 from remails_sender_node.shaping import Limits, is_throttling, limits_for, load_shaping, site_name
 from remails_sender_node.site_queue import Shaper, ShapingRefused, Want
@@ -73,6 +73,7 @@ class SenderNode:
         configured = list(ctx.settings.outbound_ips)
         self.ips = bindable(configured) if ctx.settings.outbound_ips_discover else configured
         self.resolver = make_resolver(ctx.settings, cache=True)
+        self.destinations = DestinationCache()
         ca_file = ctx.settings.tls_ca_file
         self.tls = TlsPolicy(require_verified=ctx.settings.require_verified_tls, ca_file=ca_file)
         # MTA-STS: verified TLS, with connections of its own (never an unverified cached one).
@@ -486,7 +487,9 @@ class SenderNode:
                 domain, recipients, source_ip, "5.1.2", f"{domain} is no valid domain", started
             )
         try:
-            hosts = await resolve_destination(self.resolver, mx_domain, source_ip, self.rng)
+            hosts = await resolve_destination(
+                self.resolver, mx_domain, source_ip, self.rng, self.destinations
+            )
         except DeliveryDnsError as exc:
             return failed_attempt(domain, recipients, source_ip, exc.enhanced, exc.text, started)
         names = [h.name for h in hosts]

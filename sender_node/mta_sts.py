@@ -49,6 +49,9 @@ MAX_AGE_LIMIT = 31_557_600  # §3.2: at most one year
 # destination with a broken resolver path would otherwise cost the timeout on every delivery.
 FAILED_LOOKUP_SECONDS = 300.0
 MAX_FAILED_KEPT = 10_000  # past this the failed-lookup memory starts over
+# A domain without a `_mta-sts` record (most of them) is not asked again for this long: every
+# message to it asked before, whatever the resolver's cache held.
+ABSENT_RECORD_SECONDS = 60.0
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
@@ -154,6 +157,7 @@ class MtaSts:
         self._client = httpx.AsyncClient(verify=tls, timeout=timeout, follow_redirects=False, trust_env=False)
         self._cache: dict[str, _Cached] = {}
         self._failed: dict[str, float] = {}  # domain → monotonic time its lookup may be tried again
+        self._absent: dict[str, float] = {}  # domain → monotonic time its missing record is asked again
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -166,11 +170,12 @@ class MtaSts:
         if cached is not None and cached.expires <= now:
             del self._cache[domain]
             cached = None
-        retry_at = self._failed.get(domain)
-        if retry_at is not None:
-            if retry_at > now:
-                return _in_force(cached)  # failed a moment ago: as if it failed again
-            del self._failed[domain]
+        for memory in (self._failed, self._absent):
+            retry_at = memory.get(domain)
+            if retry_at is not None:
+                if retry_at > now:
+                    return _in_force(cached)  # failed or absent a moment ago: the same again
+                del memory[domain]
         try:
             texts, _ = await txt_lookup(self.resolver, f"_mta-sts.{domain}")
         except DnsFailure as exc:
@@ -181,6 +186,10 @@ class MtaSts:
             return _in_force(cached)
         policy_id = parse_sts_record(texts)
         if policy_id is None:  # §5.1: an unexpired cached policy still holds without the record
+            if not texts:
+                if len(self._absent) >= MAX_FAILED_KEPT:
+                    self._absent.clear()
+                self._absent[domain] = now + ABSENT_RECORD_SECONDS
             return _in_force(cached)
         if cached is not None and cached.policy.id == policy_id:
             return _in_force(cached)

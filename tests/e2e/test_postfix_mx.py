@@ -154,7 +154,7 @@ async def test_utf8_mailbox_to_an_smtputf8_mx_goes_with_smtputf8_and_8bitmime(
     message_id = await _submit(runtime, world, tenant, ["jörg@utf8.test"], message)
     assert await _final(runtime, message_id) == "delivered"
 
-    [got] = postfix.delivered("jörg@utf8.test")
+    [got] = await postfix.wait_delivered("jörg@utf8.test")
     assert "Dein Café ist fertig.".encode() in got  # 8-bit, as written
     assert dkim.verify(_crlf(got), dnsfunc=_dns_txt(world))
     commands = postfix.commands("modern")
@@ -178,7 +178,7 @@ async def test_8bit_mail_to_an_mx_without_8bitmime_is_converted_before_signing(
     assert await _final(runtime, message_id) == "delivered"
 
     for address in ("plain@seven.test", "user@xn--exmple-cua.test"):
-        [got] = postfix.delivered(address)
+        [got] = await postfix.wait_delivered(address)
         assert got.isascii(), address  # nothing 8-bit reached the 7-bit MX
         assert dkim.verify(_crlf(got), dnsfunc=_dns_txt(world))  # signed after the conversion
         parsed = message_from_bytes(got, policy=default)
@@ -202,7 +202,7 @@ async def test_utf8_mailbox_to_a_7bit_mx_bounces_5_6_7_and_the_other_gets_one_co
     message_id = await _submit(runtime, world, tenant, ["jörg@seven.test", "plain@modern.test"], message)
     assert await _final(runtime, message_id) == "bounced"
 
-    assert len(postfix.delivered("plain@modern.test")) == 1
+    assert len(await postfix.wait_delivered("plain@modern.test")) == 1
     assert runtime.db is not None
     attempts = await runtime.db.pool.fetch(
         "SELECT domain, enhanced FROM attempts WHERE message_id = $1::uuid", message_id
@@ -246,7 +246,7 @@ async def test_a_failed_starttls_handshake_is_retried_in_cleartext_on_the_same_m
     message_id = await _submit(runtime, world, tenant, ["user@oldtls.test"], message)
     assert await _final(runtime, message_id) == "delivered"
 
-    [got] = postfix.delivered("user@oldtls.test")
+    [got] = await postfix.wait_delivered("user@oldtls.test")
     assert dkim.verify(_crlf(got), dnsfunc=_dns_txt(world))
     assert runtime.db is not None
     [attempt] = await runtime.db.pool.fetch(

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.wait import wait_until
+
 __all__ = ["Listener", "PostfixMx"]
 
 _MAIN_CF = """compatibility_level = 3.6
@@ -157,6 +159,12 @@ class PostfixMx:
         if not folder.is_dir():
             return []
         return [p.read_bytes() for p in sorted(folder.iterdir())]
+
+    async def wait_delivered(self, address: str, count: int = 1, bound: float = 10) -> list[bytes]:
+        """The maildir's messages once it holds `count`: Postfix's smtpd says 250 when the
+        message is in its queue, and local delivery writes the maildir a moment later."""
+        await wait_until(lambda: len(self.delivered(address)) >= count, bound=bound)
+        return self.delivered(address)
 
     def log(self, listener: str | None = None) -> list[str]:
         """Postfix's log lines, or only those of one listener's smtpd."""
