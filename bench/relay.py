@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.harness import (
     Postfix,
+    PostgresServer,
     PySink,
     Remails,
     Sink,
@@ -78,10 +79,17 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sink_ip = "127.0.0.20"
     sink = _sink(args, sink_ip, workdir)
     dns = local_dns(sink_ip)
+    database = PostgresServer(workdir) if args.database == "server" else None
     remails = Remails(
-        workdir, dns, sink.port, extra_env={**_retry_env(args), "REMAILS_WORKERS": str(args.workers)}
+        workdir,
+        dns,
+        sink.port,
+        extra_env={**_retry_env(args), "REMAILS_WORKERS": str(args.workers)},
+        database=database,
     )
     try:
+        if database is not None:
+            database.start()
         remails.start(remails.setup_tenant())
         cpu_before = remails.cpu_seconds()
         started = time.monotonic()
@@ -99,6 +107,8 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return _figures(args.messages, accept_s, e2e_s, lat, cpu, rss)
     finally:
         remails.stop()
+        if database is not None:
+            database.stop()
         sink.stop()
         dns.stop()
 
@@ -155,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         "--bound", type=float, default=600.0, help="give up on a phase after this many seconds"
     )
     parser.add_argument("--workers", type=int, default=1, help="REMAILS_WORKERS for remails up")
+    parser.add_argument(
+        "--database",
+        choices=["embedded", "server"],
+        default="embedded",
+        help="server: PostgreSQL as a server of its own on 127.0.0.1 over TCP (REMAILS_DATABASE_URL)",
+    )
     parser.add_argument("--only", choices=["remails", "postfix"], default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--json", action="store_true")

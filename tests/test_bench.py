@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,34 @@ async def test_relay_runs_remails_and_postfix_side_by_side() -> None:
         for key in ("accept_per_s", "e2e_per_s", "p50_ms", "p99_ms", "cpu_s", "peak_rss_mb"):
             assert figures[side][key] > 0, (side, key, figures)
     assert figures["ratio_e2e"] > 0
+
+
+async def test_relay_runs_remails_on_a_postgresql_server_of_its_own(tmp_path: Path) -> None:
+    """--database server: the messages go through a server the bench started on 127.0.0.1
+    (its data directory holds them), and no embedded one is created."""
+    result = await _run(
+        "relay",
+        "--only",
+        "remails",
+        "--database",
+        "server",
+        "--messages",
+        "30",
+        "--concurrency",
+        "3",
+        "--keep",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["remails"]["delivered"] == 30
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("work directory: ")]
+    workdir = Path(line.removeprefix("work directory: "))
+    try:
+        assert (workdir / "pg-server" / "PG_VERSION").exists()
+        assert not (workdir / "remails-data" / "postgres").exists()
+        assert "127.0.0.1" in (workdir / "pg-server" / "postmaster.opts").read_text()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def test_faults_kills_the_runtime_and_loses_nothing() -> None:
