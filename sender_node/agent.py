@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -129,6 +130,7 @@ class SenderNode:
                 f"sender-{self.name}-{ip}",
                 [{"exact": {"type": EventType.MESSAGE_ROUTED.value, "outboundip": ip}}],
                 self.handle_routed,
+                self.handle_routed_batch,
             )
             for ip in self.ips
         ]
@@ -201,35 +203,56 @@ class SenderNode:
         return signer
 
     async def handle_routed(self, event: CloudEvent) -> CloudEvent | None:
-        data = event_data(event, MessageRouted)
-        if data.outbound_ip not in self.ips:
-            return None
-        organization = data.organization_id
+        await self.handle_routed_batch([event])
+        return None  # delivery.attempted (or the outcome) is published when the message is done
+
+    async def handle_routed_batch(self, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        """Take the routed messages of `events` that this node may send now — one statement
+        claims them all — and deliver each in a task of its own."""
+        by_ip: dict[str, list[MessageRouted]] = defaultdict(list)
+        for event in events:
+            data = event_data(event, MessageRouted)
+            if data.outbound_ip in self.ips:
+                by_ip[data.outbound_ip].append(data)
+        for ip, routed in by_ip.items():
+            await self._claim_and_send(ip, routed)
+        return []
+
+    async def _claim_and_send(self, outbound_ip: str, routed: list[MessageRouted]) -> None:
+        taking: list[MessageRouted] = []
         held = self._in_flight_by_organization
-        if held[organization] >= self.settings.sender_max_in_flight_per_organization:
-            # This organization holds its share of the node: the message stays routed and the
-            # sweep routes it again later, so its burst never takes every sending slot.
-            return None
-        held[organization] += 1  # reserved before any wait, so concurrent events count too
         try:
-            await self._in_flight.acquire()  # the only wait here: this node holds its maximum
-        except BaseException:
-            self._unreserve(organization)
-            raise
-        try:
-            claimed = await pipeline.claim_for_sending(
-                self.ctx.pipeline, data.message_id, data.outbound_ip, self.name, self.lease_seconds
+            for data in routed:
+                organization = data.organization_id
+                if held[organization] >= self.settings.sender_max_in_flight_per_organization:
+                    # This organization holds its share of the node: the message stays routed
+                    # and the sweep routes it again later, so its burst never takes every slot.
+                    continue
+                held[organization] += 1  # reserved before any wait, so concurrent events count
+                try:
+                    await self._in_flight.acquire()  # the only wait: this node holds its maximum
+                except BaseException:
+                    self._unreserve(organization)
+                    raise
+                taking.append(data)
+            if not taking:
+                return
+            claimed = await pipeline.claim_many_for_sending(
+                self.ctx.pipeline, [d.message_id for d in taking], outbound_ip, self.name, self.lease_seconds
             )
         except BaseException:
-            self._released(organization)
+            for data in taking:
+                self._released(data.organization_id)
             raise
-        if claimed is None:
-            self._released(organization)
-            return None  # a duplicate event, or another node took it
-        task = asyncio.create_task(self._send(claimed, data.outbound_ip))
-        self._sending.add(task)
-        task.add_done_callback(functools.partial(self._sent, organization))
-        return None  # delivery.attempted is published when the message is done
+        by_id = {c.key.id: c for c in claimed}
+        for data in taking:
+            one = by_id.pop(data.message_id, None)
+            if one is None:  # a duplicate event, another node took it, or held (blocked)
+                self._released(data.organization_id)
+                continue
+            task = asyncio.create_task(self._send(one, outbound_ip))
+            self._sending.add(task)
+            task.add_done_callback(functools.partial(self._sent, data.organization_id))
 
     def _released(self, organization: UUID) -> None:
         self._in_flight.release()

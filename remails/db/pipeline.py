@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+import asyncpg
+
 from remails.db.rows import Executor
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "apply_outcomes",
     "apply_validation",
     "claim_for_sending",
+    "claim_many_for_sending",
     "extend_lease",
     "finish_sending",
     "hold_blocked",
@@ -504,11 +507,17 @@ class Claimed:
     dkim_keys: list[tuple[str, bytes]]
 
 
-# claim_for_sending: routed → sending for this node and IP, with a lease; counts the attempt
-# and returns what the sender needs, in one statement. A blocked organization's message is
-# held instead (resuming at admitted: routed again when released), by the same UPDATE.
+# claim_for_sending: routed → sending for this node and IP, with a lease, for a batch; counts
+# the attempt and returns what the sender needs, in one statement. A blocked organization's
+# message is held instead (resuming at admitted: routed again when released), by the same UPDATE.
 _CLAIM = """
-WITH c AS (
+WITH locked AS (
+    -- By key and in id order (two batches never deadlock). `status::text`: a plain comparison
+    -- lets the planner scan the partial index of every unfinished row instead of the keys.
+    SELECT m.id FROM messages m
+     WHERE m.id = ANY($1::uuid[]) AND m.status::text = 'routed' AND m.outbound_ip = $2::inet
+     ORDER BY m.id FOR UPDATE
+), c AS (
     UPDATE messages m
        SET status = CASE WHEN o.block_status = 'not_blocked' THEN 'sending'
                          ELSE 'held' END::message_status,
@@ -521,20 +530,20 @@ WITH c AS (
            attempts = m.attempts + CASE WHEN o.block_status = 'not_blocked' THEN 1 ELSE 0 END,
            updated_at = now()
       FROM organizations o
-     WHERE m.id = $1 AND m.status = 'routed' AND m.outbound_ip = $2::inet AND o.id = m.organization_id
+     WHERE m.id IN (SELECT id FROM locked) AND o.id = m.organization_id
     RETURNING m.id, m.organization_id, m.project_id, m.mail_from, m.raw, m.status::text AS status,
               m.attempts, m.expires_at, m.created_at
 ), r AS (
-    SELECT array_agg(r.address ORDER BY r.id) FILTER (WHERE r.status IN ('pending', 'deferred')) AS addresses,
+    SELECT r.message_id,
+           array_agg(r.address ORDER BY r.id) FILTER (WHERE r.status IN ('pending', 'deferred')) AS addresses,
            array_agg(r.domain ORDER BY r.id) FILTER (WHERE r.status IN ('pending', 'deferred')) AS domains,
            array_agg(r.id ORDER BY r.id) FILTER (WHERE r.status IN ('pending', 'deferred')) AS ids,
            array_agg(r.status::text) FILTER (WHERE r.status NOT IN ('pending', 'deferred')) AS settled
-      FROM recipients r WHERE r.message_id IN (SELECT id FROM c)
+      FROM recipients r WHERE r.message_id IN (SELECT id FROM c) GROUP BY r.message_id
 )
 SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox,
        CASE WHEN c.status = 'sending' THEN c.raw END AS raw,
-       COALESCE(r.addresses, '{}') AS addresses, COALESCE(r.domains, '{}') AS domains,
-       COALESCE(r.ids, '{}') AS ids, COALESCE(r.settled, '{}') AS settled,
+       r.addresses, r.domains, r.ids, r.settled,
        c.attempts, c.expires_at, c.created_at,
        (SELECT d.name FROM domains d
          WHERE d.organization_id = c.organization_id AND d.verified_at IS NOT NULL
@@ -545,7 +554,7 @@ SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox,
        k.domain AS dkim_domain, COALESCE(k.selectors, '{}') AS dkim_selectors,
        COALESCE(k.sealed, '{}') AS dkim_sealed,
        CASE WHEN c.status = 'held' THEN enqueue_webhooks(c.id, 'message.held') END AS held_webhooks
-  FROM c JOIN projects p ON p.id = c.project_id CROSS JOIN r
+  FROM c JOIN projects p ON p.id = c.project_id LEFT JOIN r ON r.message_id = c.id
   -- The signing keys, read with the claim (a rotated or re-added key signs at once): those of
   -- the organization's most specific domain that is the sender's domain or a parent of it
   -- (never a bare top-level name) — its RSA key first, then any active keys by selector.
@@ -574,22 +583,33 @@ async def claim_for_sending(
 ) -> Claimed | None:
     """None: not routed to this IP (a duplicate event, or another node took it), or held
     because its organization is blocked."""
-    row = await conn.fetchrow(_CLAIM, message_id, outbound_ip, node, lease_seconds, BLOCKED_REASON)
-    if row is None or row["status"] != "sending":
-        return None
-    key = MessageKey(row["id"], row["organization_id"], row["project_id"])
+    claimed = await claim_many_for_sending(conn, [message_id], outbound_ip, node, lease_seconds)
+    return claimed[0] if claimed else None
+
+
+async def claim_many_for_sending(
+    conn: Executor, message_ids: Sequence[UUID], outbound_ip: str, node: str, lease_seconds: float
+) -> list[Claimed]:
+    """The messages among `message_ids` now sending under this node's lease; the others were
+    not routed to this IP (duplicates, or another node took them) or were held (blocked)."""
+    rows = await conn.fetch(_CLAIM, list(message_ids), outbound_ip, node, lease_seconds, BLOCKED_REASON)
+    return [_claimed(row) for row in rows if row["status"] == "sending"]
+
+
+def _claimed(row: asyncpg.Record) -> Claimed:
+    addresses = row["addresses"] or []
     return Claimed(
-        key,
+        MessageKey(row["id"], row["organization_id"], row["project_id"]),
         row["mail_from"],
         bytes(row["raw"]),
-        list(zip(row["addresses"], row["domains"], strict=True)),
+        list(zip(addresses, row["domains"] or [], strict=True)),
         bool(row["sandbox"]),
         row["return_domain"],
-        dict(zip(row["addresses"], row["ids"], strict=True)),
+        dict(zip(addresses, row["ids"] or [], strict=True)),
         row["attempts"],
         row["expires_at"],
         row["created_at"],
-        list(row["settled"]),
+        list(row["settled"] or []),
         row["dkim_domain"],
         list(zip(row["dkim_selectors"], (bytes(k) for k in row["dkim_sealed"]), strict=True)),
     )
@@ -893,7 +913,7 @@ async def warm_up(conn: Executor) -> None:
     otherwise pay for, all at once (measured: the first second's p99 at 100 msg/s)."""
     await conn.fetch(_TO_INTAKE, [], 0.0)
     await conn.fetch(_INTAKE, [], [], [], [], [])
-    await conn.fetchrow(_CLAIM, _NOTHING, "192.0.2.0", "", 0.0, BLOCKED_REASON)
+    await conn.fetch(_CLAIM, [_NOTHING], "192.0.2.0", "", 0.0, BLOCKED_REASON)
     await conn.fetchval(
         _RECORD, _NOTHING, "", [], "", [], None, "192.0.2.0", None, None, None, "", 0, None, None
     )

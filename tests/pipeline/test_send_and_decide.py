@@ -294,3 +294,36 @@ async def test_the_claim_reads_the_signing_keys_of_the_senders_most_specific_own
     assert await keys_for("app@elsewhere.test", tenant.org_id) == (None, [])  # not the bare "test"
     assert await keys_for("app@other.test", tenant.org_id) == (None, [])  # another organization's
     assert (await keys_for("app@other.test", other.org_id))[0] == "other.test"
+
+
+async def test_one_statement_claims_a_batch_and_leaves_the_rest_alone(pool: Pool, settings: Settings) -> None:
+    """A batch claim takes exactly the messages routed to this IP (a duplicate id once), holds a
+    blocked organization's message, and leaves messages of other IPs or already claimed ones."""
+    tenant = await make_tenant(pool, settings, "acme.test")
+    blocked = await make_tenant(pool, settings, "blocked.test")
+    mine = [await _routed(pool, tenant, [f"u{i}@dest.test"]) for i in range(3)]
+    other_ip = await _routed(pool, tenant, ["x@dest.test"])
+    await pool.execute("UPDATE messages SET outbound_ip = '127.0.0.9' WHERE id = $1", other_ip)
+    taken = await _routed(pool, tenant, ["y@dest.test"])
+    assert await pipeline.claim_for_sending(pool, taken, IP, "node-b", 30) is not None
+    held = await _routed(pool, blocked, ["z@dest.test"])
+    await pool.execute("UPDATE organizations SET block_status = 'no_sending' WHERE id = $1", blocked.org_id)
+
+    claimed = await pipeline.claim_many_for_sending(
+        pool, [*mine, mine[0], other_ip, taken, held], IP, NODE, 30
+    )
+
+    assert sorted(c.key.id for c in claimed) == sorted(mine)
+    assert all(c.recipients == [(f"u{mine.index(c.key.id)}@dest.test", "dest.test")] for c in claimed)
+    assert all(c.dkim_domain == "acme.test" and c.dkim_keys for c in claimed)
+    statuses = await as_dict(
+        pool,
+        "SELECT id, status::text || ' ' || coalesce(lease_owner, '-') FROM messages WHERE id = ANY($1)",
+        [*mine, other_ip, taken, held],
+    )
+    assert statuses == {
+        **{m: f"sending {NODE}" for m in mine},
+        other_ip: "routed -",
+        taken: "sending node-b",
+        held: "held -",
+    }
