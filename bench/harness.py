@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,6 +338,20 @@ class Remails:
         )
         log.close()
         wait_for_port("127.0.0.1", self.port, 60)
+        self._wait_healthy(60)
+
+    def _wait_healthy(self, bound: float) -> None:
+        """The SMTP port answers before the rest has started (the HTTP API last): the load
+        starts once `/healthz` answers too, as it would against a service that is up."""
+        url = f"http://{self.env['REMAILS_HTTP_LISTEN']}/healthz"
+        deadline = time.monotonic() + bound
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"remails up not healthy at {url} within {bound:g} s")
+            time.sleep(0.05)
 
     @property
     def dsn(self) -> str:
