@@ -38,6 +38,7 @@ logger = logging.getLogger("remails.sender.shaping")
 
 MAX_CONNECTION_AGE = 300.0  # seconds: even a busy connection is replaced after this
 POLL_SECONDS = 0.2  # how often the head of a queue asks again for a slot other processes hold
+YIELD_SECONDS = 2.0  # after giving a slot back to a waiting process, none is taken for this long
 
 
 class ShapingRefused(Exception):
@@ -144,6 +145,8 @@ class ReadyQueue:
     limits: Limits
     idle: list[CachedConnection] = field(default_factory=list)
     held: int = 0  # slots this process holds: busy and idle connections, and closing ones
+    give_back: int = 0  # slots to give back at the next releases: another process waits for one
+    yielded_until: float = 0.0  # monotonic: no slot taken from the database before, one was given back
     budget: int = 0
     window_end: float = 0.0  # epoch
     suspended_until: float = 0.0  # epoch
@@ -261,7 +264,7 @@ class ReadyQueue:
             self.budget -= 1
             return Ticket(self._slot_of(connection), connection), ""
         why = "a connection"
-        if self.held < self.limits.max_connections:
+        if self.held < self.limits.max_connections and time.monotonic() >= self.yielded_until:
             slot = await self.shaper.acquire_slot(self)
             if slot is not None:
                 self.held += 1
@@ -326,6 +329,11 @@ class ReadyQueue:
         ticket.connection = None
         if connection is not None:
             connection.idle_since = now
+        if self.give_back > 0:
+            self.give_back -= 1
+            reusable = False
+            # Long enough for the waiting process (it asks every POLL_SECONDS) to take it.
+            self.yielded_until = now + YIELD_SECONDS
         if connection is not None and reusable and self._fresh(connection, now):
             connection.slot = ticket.slot
             self.idle.append(connection)
@@ -435,7 +443,7 @@ class Shaper:
             self.slot_seconds,
         )
         if number is None:  # held elsewhere: ask the holders to give back their idle ones
-            await store.want_slot(self.pool, queue.source_ip, queue.site)
+            await store.want_slot(self.pool, queue.source_ip, queue.site, queue.held)
             return None
         return Slot(number, token)
 
@@ -460,11 +468,18 @@ class Shaper:
     async def housekeeping(self) -> None:
         """Often (every second): idle connections past their site's idle time, and those of
         sites another process waits for a slot of (an idle connection is no reason to make
-        another process wait)."""
+        another process wait). A site busy here too gives back one slot a second while a
+        process waiting for one holds at least two fewer: slots move to where the waiting is,
+        or a process that took few would queue until its line runs past the longest wait."""
         idle = [key for key, q in self.queues.items() if q.idle and not q.waiters]
-        wanted = await store.wanted(self.pool, idle) if idle else set()
+        busy = [key for key, q in self.queues.items() if q.waiters and q.held > 1]
+        asked = idle + busy
+        wanted = await store.wanted(self.pool, asked) if asked else {}
+        for key in busy:
+            if key in wanted and self.queues[key].held > wanted[key] + 1:
+                self.queues[key].give_back = 1
         for key, queue in list(self.queues.items()):
-            await queue.sweep(everything=key in wanted)
+            await queue.sweep(everything=key in wanted and key in idle)
             unused = not (queue.waiters or queue.idle or queue.held)
             if unused and queue.suspended_until < time.time():  # a suspension is remembered
                 del self.queues[(queue.source_ip, queue.site)]

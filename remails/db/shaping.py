@@ -100,29 +100,38 @@ async def release_node_slots(conn: Executor, node: str) -> None:
     await conn.execute("DELETE FROM shaping_slots WHERE node_name = $1", node)
 
 
-async def want_slot(conn: Executor, source_ip: str, site: str, seconds: float = 2.0) -> None:
-    """Say that a process waits for a slot of (source IP, site) that others hold: processes
-    holding idle connections to the site close them (`wanted`)."""
+async def want_slot(
+    conn: Executor, source_ip: str, site: str, holding: int = 0, seconds: float = 2.0
+) -> None:
+    """Say that a process holding `holding` slots of (source IP, site) waits for one that others
+    hold: processes holding idle connections to the site close them, and busy ones holding
+    more than `holding` + 1 give one back (`wanted`). The fewest held among the waiting counts."""
     await conn.execute(
-        "INSERT INTO shaping_sites (source_ip, site, wanted_until)"
-        " VALUES ($1::inet, $2, now() + make_interval(secs => $3))"
-        " ON CONFLICT (source_ip, site) DO UPDATE SET wanted_until = EXCLUDED.wanted_until",
+        "INSERT INTO shaping_sites (source_ip, site, wanted_until, wanted_holding)"
+        " VALUES ($1::inet, $2, now() + make_interval(secs => $3), $4)"
+        " ON CONFLICT (source_ip, site) DO UPDATE SET wanted_until = EXCLUDED.wanted_until,"
+        " wanted_holding = CASE WHEN shaping_sites.wanted_until > now()"
+        " THEN least(shaping_sites.wanted_holding, EXCLUDED.wanted_holding)"
+        " ELSE EXCLUDED.wanted_holding END",
         source_ip,
         site,
         seconds,
+        holding,
     )
 
 
-async def wanted(conn: Executor, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these (source IP, site) pairs another process is waiting for a slot of."""
+async def wanted(conn: Executor, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Which of these (source IP, site) pairs a process is waiting for a slot of, each with the
+    fewest slots a waiting process holds."""
     rows = await conn.fetch(
-        "SELECT host(s.source_ip) AS ip, s.site FROM shaping_sites s"
+        "SELECT host(s.source_ip) AS ip, s.site, COALESCE(s.wanted_holding, 0) AS holding"
+        " FROM shaping_sites s"
         " JOIN unnest($1::inet[], $2::text[]) AS p(ip, site) ON p.ip = s.source_ip AND p.site = s.site"
         " WHERE s.wanted_until > now()",
         [ip for ip, _ in pairs],
         [site for _, site in pairs],
     )
-    return {(r["ip"], r["site"]) for r in rows}
+    return {(r["ip"], r["site"]): r["holding"] for r in rows}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class Meter:
     arrivals: list[float] = field(default_factory=list)  # epoch of each stored message
     throttle_connections: set[int] = field(default_factory=set)  # these answer MAIL with 421
     throttled_at: list[float] = field(default_factory=list)
+    data_delay: float = 0.0  # a slow MX: seconds before each reply to DATA
 
 
 class _CountingSMTP(SMTP):
@@ -75,6 +76,8 @@ class _Handler:
         return "250 2.1.0 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.meter.data_delay:
+            await asyncio.sleep(self.meter.data_delay)  # the MX's own pace, not a synchronisation
         self.meter.arrivals.append(time.time())
         return "250 2.0.0 Ok: stored"
 
@@ -417,6 +420,44 @@ async def test_idle_connections_of_one_node_give_way_to_another_node_waiting(wor
             return await message_status(pool, message_id) == "delivered"
 
         await wait_until(second_done, bound=20)  # long before node-a's connections would idle out
+        assert meter.peak["127.0.0.2"] == 2
+        waited = await pool.fetchval("SELECT waited FROM attempts WHERE message_id = $1::uuid", message_id)
+        assert "for a connection (all held by other processes)" in str(waited)
+    finally:
+        await _stop(servers)
+
+
+BUSY = '[sites.shaped]\nmx = ["*.shaped.test"]\nmax_connections = 2\nmax_messages_per_connection = 1000\n'
+
+
+async def test_a_node_busy_with_a_site_gives_a_slot_to_another_node_waiting(world: World) -> None:
+    """node-a took both slots and keeps them busy (a long line of its own, connections never
+    used up); node-b's one message still goes long before node-a's line is done: node-a gives a
+    slot back while node-b, holding none, waits for one."""
+    meter = Meter(data_delay=0.05)
+    servers = await _sites(world, meter)
+    try:
+        shaping = _shaping_file(world.tmp, BUSY)
+        first, second = [
+            await world.runtime(
+                outbound_ips="127.0.0.2", node_name=name, shaping_file=shaping, shaping_idle_seconds=120
+            )
+            for name in ("node-a", "node-b")
+        ]
+        pool = first.db.pool  # type: ignore[union-attr]
+        await _submit_many(first, world, await world.tenant(first, "tenant0.test"), 150)  # 300 recipients
+
+        async def first_busy() -> bool:
+            return meter.open["127.0.0.2"] == 2 and 0 < await _delivered(pool) < 100
+
+        await wait_until(first_busy, bound=30)
+        message_id = await world.submit(second, await world.tenant(second, "tenant1.test"), ["x@one.test"])
+
+        async def second_done() -> bool:
+            return await message_status(pool, message_id) == "delivered"
+
+        await wait_until(second_done, bound=30)
+        assert await _delivered(pool) <= 250  # node-a's line was far from done
         assert meter.peak["127.0.0.2"] == 2
         waited = await pool.fetchval("SELECT waited FROM attempts WHERE message_id = $1::uuid", message_id)
         assert "for a connection (all held by other processes)" in str(waited)
