@@ -85,7 +85,10 @@ def decide_outcome(
     now_statuses = [statuses.get(r.id, r.status) for r in message.recipients]
     final = message_outcome(now_statuses + list(message.settled))
     outcome = pipeline.Outcome(message.key.id, final, None, None, statuses, suppress)
-    reason = ", ".join(f"{n} {s}" for s, n in outcome_counts(outcome).items()) or None
+    # Not the delivered ones: a recipient delivered by an earlier record of this attempt is not
+    # decided here, so the reason must not depend on which step stored its reply.
+    counts = outcome_counts(outcome).items()
+    reason = ", ".join(f"{n} {s}" for s, n in counts if s != "delivered") or None
     next_attempt = retry_at if final == "deferred" else None
     return pipeline.Outcome(message.key.id, final, reason, next_attempt, statuses, suppress)
 

@@ -228,6 +228,11 @@ class SenderNode:
                     # This organization holds its share of the node: the message stays routed
                     # and the sweep routes it again later, so its burst never takes every slot.
                     continue
+                if taking and self._in_flight.locked():
+                    # Never wait for a slot while holding some: batches waiting on each other's
+                    # slots would never send again. Those taken go first.
+                    batch, taking = taking, []
+                    await self._claim_taken(outbound_ip, batch)
                 held[organization] += 1  # reserved before any wait, so concurrent events count
                 try:
                     await self._in_flight.acquire()  # the only wait: this node holds its maximum
@@ -235,8 +240,18 @@ class SenderNode:
                     self._unreserve(organization)
                     raise
                 taking.append(data)
-            if not taking:
-                return
+        except BaseException:
+            for data in taking:
+                self._released(data.organization_id)
+            raise
+        await self._claim_taken(outbound_ip, taking)
+
+    async def _claim_taken(self, outbound_ip: str, taking: list[MessageRouted]) -> None:
+        """Claim the messages holding a slot and start each claimed one; the slots of the
+        others (of all, when the claim fails) are given back."""
+        if not taking:
+            return
+        try:
             claimed = await pipeline.claim_many_for_sending(
                 self.ctx.pipeline, [d.message_id for d in taking], outbound_ip, self.name, self.lease_seconds
             )

@@ -815,6 +815,7 @@ WITH o AS (
       FROM unnest($5::bigint[], $6::text[], $12::boolean[], $13::int[], $14::text[], $15::text[])
            AS u(id, status, replied, code, enhanced, text)
      WHERE recipients.id = u.id AND recipients.message_id IN (SELECT id FROM m)
+       AND recipients.status IN ('pending', 'deferred')  -- settled meanwhile (a complaint): kept
     RETURNING 1
 ), a AS (
     INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,
