@@ -18,7 +18,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
@@ -57,6 +57,7 @@ __all__ = ["SenderNode"]
 
 logger = logging.getLogger("remails.sender")
 
+PARKED_PER_ORGANIZATION = 10_000  # routed messages an organization at its share may have waiting here
 SIGNER_CACHE_SIZE = 1000  # parsed keys kept; past this the cache starts over
 SITE_LIMITS_KEPT = 10_000  # sites whose limits are remembered; past this it starts over
 HOUSEKEEPING_SECONDS = 1.0  # idle connections closed and spare slots given back this often
@@ -122,6 +123,10 @@ class SenderNode:
         self._in_flight = asyncio.Semaphore(s.sender_max_in_flight)
         self._sending: set[asyncio.Task[None]] = set()
         self._in_flight_by_organization: Counter[UUID] = Counter()
+        # Routed messages of an organization at its share, taken as its own finish (bounded; the
+        # sweep routes the rest again), and the claims started for them.
+        self._parked: defaultdict[UUID, deque[MessageRouted]] = defaultdict(deque)
+        self._claiming: set[asyncio.Task[None]] = set()
 
     def triggers(self) -> list[Trigger]:
         """One trigger per egress source, like one Knative Trigger per IP pointing at this node."""
@@ -149,10 +154,10 @@ class SenderNode:
         log_event(logger, "sender node started", node=self.name, egress_sources=self.ips)
 
     async def stop(self) -> None:
-        for task in (self._heartbeat, self._housekeeping, *self._sending):
+        for task in (self._heartbeat, self._housekeeping, *self._claiming, *self._sending):
             if task is not None:
                 task.cancel()  # an unfinished message's lease runs out; the sweep re-drives it
-        for task in (self._heartbeat, self._housekeeping, *self._sending):
+        for task in (self._heartbeat, self._housekeeping, *self._claiming, *self._sending):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -225,8 +230,9 @@ class SenderNode:
             for data in routed:
                 organization = data.organization_id
                 if held[organization] >= self.settings.sender_max_in_flight_per_organization:
-                    # This organization holds its share of the node: the message stays routed
-                    # and the sweep routes it again later, so its burst never takes every slot.
+                    # This organization holds its share of the node, so its burst never takes
+                    # every slot: the message waits (still routed) until one of its own is done.
+                    self._park(data)
                     continue
                 if taking and self._in_flight.locked():
                     # Never wait for a slot while holding some: batches waiting on each other's
@@ -278,9 +284,35 @@ class SenderNode:
         if self._in_flight_by_organization[organization] <= 0:
             del self._in_flight_by_organization[organization]
 
+    def _park(self, data: MessageRouted) -> None:
+        parked = self._parked[data.organization_id]
+        if len(parked) < PARKED_PER_ORGANIZATION:  # past it, the sweep routes it again later
+            parked.append(data)
+
+    def _unpark(self, organization: UUID) -> None:
+        """One of the organization's messages is done: take its next waiting one, if any."""
+        parked = self._parked.get(organization)
+        if not parked:
+            return
+        data = parked.popleft()
+        if not parked:
+            del self._parked[organization]
+        task = asyncio.create_task(self._take_parked(data))
+        self._claiming.add(task)
+        task.add_done_callback(self._claiming.discard)
+
+    async def _take_parked(self, data: MessageRouted) -> None:
+        try:
+            await self._claim_and_send(data.outbound_ip, [data])
+        except Exception as exc:  # still routed: the sweep routes it again
+            log_event(
+                logger, "claim failed", logging.WARNING, message_id=data.message_id, error=type(exc).__name__
+            )
+
     def _sent(self, organization: UUID, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._released(organization)
+        self._unpark(organization)
         if not task.cancelled() and task.exception() is not None:
             # The database failed us: the lease runs out and the sweep re-drives the message.
             log_event(logger, "sending failed", logging.ERROR, error=type(task.exception()).__name__)
