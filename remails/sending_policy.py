@@ -65,6 +65,19 @@ def header_fields(block: bytes) -> list[tuple[str, bytes]] | None:
     return fields
 
 
+# The two commonest From values, `local@domain` and `Display Name <local@domain>`, in a strict
+# ASCII subset of RFC 5322: dot-atom local part, LDH domain labels, display name of letters and
+# digits with single spaces. For these the result is known without the (slow) full parser;
+# anything else (quotes, comments, groups, encoded words, folding, lists) goes to the parser.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*"  # no leading/trailing hyphen, no backtracking
+_SIMPLE_FROM = re.compile(
+    rf"(?:(?P<name>[A-Za-z0-9]+(?: [A-Za-z0-9]+)*) <)?"
+    rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)"
+    r"(?(name)>)"  # the closing bracket exactly when there was a display name
+)
+
+
 def from_addresses(block: bytes) -> list[Address] | str:
     """The addresses of the one From field of a header block, or why they cannot be trusted
     (none, more than one, unreadable, or written so that readers may disagree on them)."""
@@ -77,8 +90,30 @@ def from_addresses(block: bytes) -> list[Address] | str:
     if len(values) > 1:
         return "message has more than one From header"
     try:
-        header = default_policy.header_factory("from", values[0].decode("utf-8").strip())
+        value = values[0].decode("utf-8").strip()
     except UnicodeDecodeError:
+        return "From header is not UTF-8"
+    simple = _simple_from(value)
+    return simple if simple is not None else _parsed_from(value)
+
+
+def _simple_from(value: str) -> list[Address] | None:
+    """The address of a From value in one of the two common plain shapes (the same result as
+    `_parsed_from`, proven by tests/unit/test_from_fast_path.py), else None."""
+    # "=?" could start an encoded word, which the parser decodes even inside a local part.
+    if "=?" in value:
+        return None
+    match = _SIMPLE_FROM.fullmatch(value)
+    if match is None:
+        return None
+    return [Address(match["name"] or "", match["local"], match["domain"])]
+
+
+def _parsed_from(value: str) -> list[Address] | str:
+    """The addresses of a From value (decoded and stripped) by the full RFC 5322 parser."""
+    try:
+        header = default_policy.header_factory("from", value)
+    except UnicodeDecodeError:  # as before the fast path split decoding from parsing
         return "From header is not UTF-8"
     except Exception as exc:  # the address parser raises on some malformed input
         return f"unreadable From header: {type(exc).__name__}"
