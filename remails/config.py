@@ -171,6 +171,7 @@ class Settings(BaseSettings):
     require_verified_tls: bool = False
     dkim_rotation_days: float | None = Field(default=None, gt=0)  # off unless set
     dkim_rotation_grace_days: float = Field(default=7.0, ge=0)
+    dkim_signing_process: bool = True  # the sender signs in a child process (signing_process.py)
     tls_ca_file: Path | None = None  # PEM bundle trusted beside the system CAs for outbound TLS
     mta_sts: bool = True  # honour the destinations' MTA-STS policies (RFC 8461)
     mta_sts_port: int = Field(default=443, ge=1, le=65535)  # for tests and private deployments

@@ -50,6 +50,7 @@ from remails_sender_node.mta_sts import MtaSts, Policy, allowed_hosts
 from remails_sender_node.mx import DeliveryDnsError, DestinationCache, MxHost, resolve_destination
 from remails_sender_node.payload import Payload
 from remails_sender_node.shaping import Limits, is_throttling, limits_for, load_shaping, site_name
+from remails_sender_node.signing_process import SigningProcess
 from remails_sender_node.site_queue import Shaper, ShapingRefused, Want
 from remails_sender_node.smtp_client import Envelope, TlsPolicy, contained, deliver, failed_attempt
 
@@ -93,6 +94,7 @@ class SenderNode:
         self.rng = random.Random()
         self._return_path_key = ctx.master_key.derive(KEY_PURPOSE)  # derived once, not per message
         self._signers: dict[tuple[UUID, str, tuple[tuple[str, bytes], ...]], DkimSigner | SignerSet] = {}
+        self.signing = SigningProcess() if ctx.settings.dkim_signing_process else None
         self._heartbeat: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         # The lease outlives the longest attempt: every MX step may take the full timeout.
@@ -143,6 +145,8 @@ class SenderNode:
     async def start(self) -> None:
         await egress.register_node(self.ctx.pipeline, self.name, self.ips, self.settings.node_url)
         await self.shaper.start()  # connection slots of an earlier run of this node are free
+        if self.signing is not None:
+            await self.signing.start()
         # Whatever this node was sending before a restart is not being sent now.
         for key in await pipeline.release_node_leases(self.ctx.pipeline, self.name):
             data = MessageEvent(
@@ -162,6 +166,8 @@ class SenderNode:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self.shaper.stop()
+        if self.signing is not None:
+            await self.signing.stop()
         if self.mta_sts is not None:
             await self.mta_sts.close()
 
@@ -324,7 +330,11 @@ class SenderNode:
             by_domain[domain].append(address)
         try:
             signer = self._signer(claimed)
-            payload: Payload | BaseException = Payload(normalise_line_endings(claimed.raw), signer)
+            sign = self.signing.sign if self.signing is not None else None
+            ready = Payload(normalise_line_endings(claimed.raw), signer, sign)
+            # Signed before any connection is held: a connection slot then waits for no signature.
+            await ready.data(seven_bit=False)
+            payload: Payload | BaseException = ready
         except Exception as exc:  # recorded for every destination below, like any other failure
             payload = exc
         signed: bytes | None = None
@@ -443,7 +453,7 @@ class SenderNode:
         try:
             if isinstance(payload, BaseException):
                 raise payload
-            signed = payload.data(seven_bit=False)
+            signed = await payload.data(seven_bit=False)
         except Exception as exc:
             for domain, rcpts in by_domain.items():
                 recorded.append(await self._deliver_and_record(message_id, domain, rcpts, "", exc, source_ip))

@@ -3,19 +3,24 @@ operation done by `cryptography` (OpenSSL), which is about five times faster tha
 pure-Python RSA. dkimpy itself is left untouched for everyone else in the process.
 
 Ed25519 keys (RFC 8463, `a=ed25519-sha256`) sign the same SHA-256 header hash with PureEdDSA;
-a `SignerSet` adds one DKIM-Signature per key, so receivers that know only RSA still verify."""
+a `SignerSet` adds one DKIM-Signature per key, so receivers that know only RSA still verify.
+
+The sender makes the private-key operation elsewhere (`signature_header_by`, with the signing
+process of signing_process.py); everything else here runs in the caller."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import time
+from collections.abc import Awaitable, Callable
 
 import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-__all__ = ["SIGNED_HEADERS", "DkimSigner", "SignerSet"]
+__all__ = ["SIGNED_HEADERS", "DigestSigner", "DkimSigner", "SignerSet"]
 
 # Sign what a receiver shows or threads on, when present.
 SIGNED_HEADERS = (
@@ -35,6 +40,11 @@ SIGNED_HEADERS = (
     b"list-unsubscribe-post",
 )
 _CANON = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_SERIALS = itertools.count(1)
+
+
+# Makes the private-key operation of a signer on a digest (the signing process's `sign`).
+DigestSigner = Callable[["DkimSigner", bytes], Awaitable[bytes]]
 
 
 class DkimSigner:
@@ -54,12 +64,35 @@ class DkimSigner:
         self.algorithm = b"rsa-sha256" if isinstance(key, rsa.RSAPrivateKey) else b"ed25519-sha256"
         self.domain = domain.encode()
         self.selector = selector.encode()
+        self.serial = next(_SERIALS)  # tells this key from any other in this process
 
     def __repr__(self) -> str:
         return f"DkimSigner(domain={self.domain!r}, selector={self.selector!r})"
 
     def signature_header(self, message: bytes, now: int | None = None) -> bytes:
         """The `DKIM-Signature: …\\r\\n` header to prepend to `message` (CRLF line endings)."""
+        unsigned, digest = self._unsigned(message, now)
+        return _signed(unsigned, self.sign_digest(digest))
+
+    async def signature_header_by(self, sign: DigestSigner, message: bytes, now: int | None = None) -> bytes:
+        """signature_header, with the private-key operation made by `sign`."""
+        unsigned, digest = self._unsigned(message, now)
+        return _signed(unsigned, await sign(self, digest))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """The private-key operation on the SHA-256 hash of the header."""
+        if isinstance(self._key, rsa.RSAPrivateKey):
+            return self._key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        return self._key.sign(digest)  # RFC 8463 §3: Ed25519 over the SHA-256 hash
+
+    def private_der(self) -> bytes:
+        """The key in PKCS#8 DER, for the signing process."""
+        return self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def _unsigned(self, message: bytes, now: int | None) -> tuple[bytes, bytes]:
+        """The header as it is sent, with an empty b=, and the SHA-256 hash to sign."""
         headers, body = dkim.rfc822_parse(message)
         present = {name.lower() for name, _ in headers}
         include = [h for h in SIGNED_HEADERS if h in present]
@@ -86,14 +119,7 @@ class DkimSigner:
             (b"DKIM-Signature", b" " + unsigned),
             {},
         )
-        if isinstance(self._key, rsa.RSAPrivateKey):
-            raw = self._key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        else:  # RFC 8463 §3: Ed25519 over the SHA-256 hash, not over the headers themselves
-            raw = self._key.sign(hasher.digest())
-        signature = base64.b64encode(raw)
-        folded_signature = b"\r\n ".join(signature[i : i + 72] for i in range(0, len(signature), 72))
-        header: bytes = b"DKIM-Signature: " + unsigned + folded_signature + b"\r\n"
-        return header
+        return unsigned, hasher.digest()
 
 
 class SignerSet:
@@ -110,6 +136,16 @@ class SignerSet:
     def signature_header(self, message: bytes, now: int | None = None) -> bytes:
         # Each signature leaves DKIM-Signature out of h=, so the order does not matter to verifiers.
         return b"".join(s.signature_header(message, now) for s in self.signers)
+
+    async def signature_header_by(self, sign: DigestSigner, message: bytes, now: int | None = None) -> bytes:
+        return b"".join([await s.signature_header_by(sign, message, now) for s in self.signers])
+
+
+def _signed(unsigned: bytes, raw: bytes) -> bytes:
+    """The header with its b= value, folded at 72 columns."""
+    signature = base64.b64encode(raw)
+    folded_signature = b"\r\n ".join(signature[i : i + 72] for i in range(0, len(signature), 72))
+    return b"DKIM-Signature: " + unsigned + folded_signature + b"\r\n"
 
 
 def _fold(tags: list[bytes], width: int = 76) -> bytes:

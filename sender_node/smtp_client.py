@@ -180,7 +180,7 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[dic
     replies: dict[str, Reply] = dict(plan.refused)
     if not plan.recipients:
         return replies, next(iter(replies.values()))
-    data = payload.data(seven_bit=plan.seven_bit)
+    data = await payload.data(seven_bit=plan.seven_bit)
     encoding = "utf-8" if plan.smtputf8 else "ascii"
     try:
         sender = b"FROM:<" + plan.mail_from.encode(encoding) + b">"
