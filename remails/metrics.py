@@ -52,6 +52,7 @@ __all__ = [
     "ATTEMPTS",
     "AUTH_FAILURES",
     "DEAD_LETTERS",
+    "DKIM_SIGNED_IN_LOOP",
     "FINISHED",
     "SMTP_SESSIONS",
     "WEBHOOK_DELIVERIES",
@@ -97,6 +98,11 @@ AUTH_FAILURES = Counter(
 DEAD_LETTERS = Counter(
     "remails_bus_dead_letters", "Events the in-process bus gave up delivering", registry=None
 )
+DKIM_SIGNED_IN_LOOP = Counter(
+    "remails_dkim_signed_in_loop",
+    "DKIM signatures the sender made itself because its signing process could not",
+    registry=None,
+)
 WEBHOOK_DELIVERIES = Counter(
     "remails_webhook_deliveries",
     "Webhook POSTs by outcome (delivered, retrying, failed)",
@@ -126,6 +132,7 @@ _FAMILIES = (
     SMTP_SESSIONS,
     AUTH_FAILURES,
     DEAD_LETTERS,
+    DKIM_SIGNED_IN_LOOP,
     WEBHOOK_DELIVERIES,
     POOL_CONNECTIONS,
     POOL_MAX,

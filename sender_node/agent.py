@@ -129,6 +129,7 @@ class SenderNode:
         # sweep routes the rest again), and the claims started for them.
         self._parked: defaultdict[UUID, deque[MessageRouted]] = defaultdict(deque)
         self._claiming: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     def triggers(self) -> list[Trigger]:
         """One trigger per egress source, like one Knative Trigger per IP pointing at this node."""
@@ -158,6 +159,7 @@ class SenderNode:
         log_event(logger, "sender node started", node=self.name, egress_sources=self.ips)
 
     async def stop(self) -> None:
+        self._stopping = True  # messages finishing now take no parked ones
         for task in (self._heartbeat, self._housekeeping, *self._claiming, *self._sending):
             if task is not None:
                 task.cancel()  # an unfinished message's lease runs out; the sweep re-drives it
@@ -298,7 +300,7 @@ class SenderNode:
     def _unpark(self, organization: UUID) -> None:
         """One of the organization's messages is done: take its next waiting one, if any."""
         parked = self._parked.get(organization)
-        if not parked:
+        if not parked or self._stopping:
             return
         data = parked.popleft()
         if not parked:
@@ -332,7 +334,8 @@ class SenderNode:
             signer = self._signer(claimed)
             sign = self.signing.sign if self.signing is not None else None
             ready = Payload(normalise_line_endings(claimed.raw), signer, sign)
-            # Signed before any connection is held: a connection slot then waits for no signature.
+            # Signed before any connection is held, so a connection slot waits for no signature
+            # (but for the 7-bit form of an 8-bit message, made when an MX lacks 8BITMIME).
             await ready.data(seven_bit=False)
             payload: Payload | BaseException = ready
         except Exception as exc:  # recorded for every destination below, like any other failure

@@ -7,6 +7,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from remails.crypto import generate_dkim_key, generate_ed25519_dkim_key
 from remails_sender_node.dkim_signer import DkimSigner, SignerSet
 from remails_sender_node.signing_process import SigningProcess
@@ -94,3 +96,45 @@ def _gone(pid: int) -> bool:
             return stat.read().split(") ", 1)[1].startswith("Z")  # killed, not yet reaped
     except FileNotFoundError:
         return True
+
+
+async def test_a_busy_worker_that_keeps_answering_is_not_killed() -> None:
+    """Thousands of signatures at once (a burst of claims) take the worker longer than its
+    timeout; it is answering all along, so it is left to finish them."""
+    signing = SigningProcess(timeout=1.0, restart_seconds=3600.0)
+    await signing.start()
+    try:
+        first = _worker_pid(signing)
+        results = await asyncio.gather(*(signing.sign(RSA, DIGEST) for _ in range(6000)))
+        assert set(results) == {RSA.sign_digest(DIGEST)}
+        assert signing.signed_here == 0
+        assert _worker_pid(signing) == first
+    finally:
+        await signing.stop()
+
+
+async def test_once_stopped_nothing_starts_a_worker_again() -> None:
+    signing = SigningProcess(restart_seconds=0.0)
+    await signing.start()
+    await signing.stop()
+    assert await signing.sign(RSA, DIGEST) == RSA.sign_digest(DIGEST)  # signed here
+    assert signing._process is None
+
+
+async def test_the_worker_gets_none_of_our_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMAILS_SECRET_KEY", "not-for-the-worker")
+    monkeypatch.setenv("REMAILS_DATABASE_URL", "postgresql://u:p@127.0.0.1/db")
+    signing = SigningProcess()
+    await signing.start()
+    try:
+        names = _environment_names(_worker_pid(signing))
+        assert not any(name.startswith(b"REMAILS_") for name in names), names
+        assert await signing.sign(RSA, DIGEST) == RSA.sign_digest(DIGEST)
+        assert signing.signed_here == 0  # it runs with what it was given
+    finally:
+        await signing.stop()
+
+
+def _environment_names(pid: int) -> set[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        return {entry.split(b"=", 1)[0] for entry in environ.read().split(b"\0") if entry}
