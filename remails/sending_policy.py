@@ -65,16 +65,16 @@ def header_fields(block: bytes) -> list[tuple[str, bytes]] | None:
     return fields
 
 
-# The two commonest From values, `local@domain` and `Display Name <local@domain>`, in a strict
+# The commonest From values, `local@domain`, `<local@domain>` and `Name <local@domain>`, in a strict
 # ASCII subset of RFC 5322: dot-atom local part, LDH domain labels, display name of letters and
 # digits with single spaces. For these the result is known without the (slow) full parser;
 # anything else (quotes, comments, groups, encoded words, folding, lists) goes to the parser.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*"  # no leading/trailing hyphen, no backtracking
 _SIMPLE_FROM = re.compile(
-    rf"(?:(?P<name>[A-Za-z0-9]+(?: [A-Za-z0-9]+)*) <)?"
+    rf"(?:(?:(?P<name>[A-Za-z0-9]+(?: [A-Za-z0-9]+)*) )?(?P<open><))?"
     rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)"
-    r"(?(name)>)"  # the closing bracket exactly when there was a display name
+    r"(?(open)>)"  # the closing bracket exactly when there was an opening one
 )
 
 
@@ -98,7 +98,7 @@ def from_addresses(block: bytes) -> list[Address] | str:
 
 
 def _simple_from(value: str) -> list[Address] | None:
-    """The address of a From value in one of the two common plain shapes (the same result as
+    """The address of a From value in one of the common plain shapes (the same result as
     `_parsed_from`, proven by tests/unit/test_from_fast_path.py), else None."""
     # "=?" could start an encoded word, which the parser decodes even inside a local part.
     if "=?" in value:

@@ -81,6 +81,7 @@ class EdgeSMTP(SMTP):
         self.in_data = False
         self.commands_without_message = 0
         self._admitted: str | None = None  # the client address counted in the table
+        self._continued: list[str] = []  # lines of a multi-line reply not yet written
 
     @property
     def tls_active(self) -> bool:
@@ -92,7 +93,16 @@ class EdgeSMTP(SMTP):
         plain = text[:4] in ("220 ", "250 ") and (
             text.startswith(f"220 {self.hostname} ") or text in (f"250 {self.hostname}", "250 HELP")
         )
-        await super().push(with_enhanced_code(text, greeting_or_helo=plain))
+        line = with_enhanced_code(text, greeting_or_helo=plain)
+        if line[3:4] == "-" and line[:3].isdigit():
+            # A continuation line goes out with its reply's last one, in one write: EHLO's
+            # eight lines were eight send() calls.
+            self._continued.append(line)
+            return
+        if self._continued:
+            line = "\r\n".join([*self._continued, line])
+            self._continued.clear()
+        await super().push(line)
 
     # -- the door --------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ def _normal(value: Any, owners: dict[int, str]) -> Any:
 
 def _state(protocol: SMTP, handler: Any) -> dict[str, Any]:
     owners = {id(protocol): "protocol", id(handler): "handler"}
-    skip = {"edge", "implicit_tls", "in_data", "commands_without_message", "_admitted"}
+    skip = {"edge", "implicit_tls", "in_data", "commands_without_message", "_admitted", "_continued"}
     return {k: _normal(v, owners) for k, v in vars(protocol).items() if k not in skip}
 
 
@@ -80,3 +80,28 @@ async def test_a_session_gets_aiosmtpds_state_without_scanning_per_connection(
         assert command.__func__.__wrapped__ is getattr(EdgeSMTP, command.__name__)
     assert submission._smtp_methods["MAIL"].__smtp_syntax__ == "MAIL FROM: <address>"
     assert mx._smtp_methods["AUTH"].__func__.__wrapped__ is MxSMTP.smtp_AUTH
+
+
+async def test_a_multi_line_reply_is_written_at_once(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EHLO's lines go out in one write (one send() call), not one write a line; what the
+    client reads is the same reply."""
+    from tests.support.rawsmtp import RawSmtp
+
+    writes: list[bytes] = []
+    write = asyncio.StreamWriter.write
+
+    def counted(self: asyncio.StreamWriter, data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        write(self, data)
+
+    raw = await RawSmtp.connect(edge.submission)
+    assert (await raw.reply()).startswith("220 ")
+    monkeypatch.setattr(asyncio.StreamWriter, "write", counted)
+    ehlo = await raw.command("EHLO client.test")
+    monkeypatch.undo()
+    lines = ehlo.split("\n")
+    assert len(lines) > 3 and lines[-1] == "250 HELP"
+    assert all(line[3] == "-" for line in lines[:-1])
+    replies = [w for w in writes if w.startswith(b"250")]
+    assert replies == [("\r\n".join(lines) + "\r\n").encode()]
+    await raw.close()

@@ -34,7 +34,11 @@ HOSTILE = [
     "Name <=?utf-8?q?x?=@b.test>",
     "a@b.test\r\n <c@d.test>",
     "a@b.test <c@d.test>",
-    "<a@b.test>",
+    "< a@b.test>",
+    "<a@b.test >",
+    "Name<a@b.test>",
+    "<<a@b.test>>",
+    "<a@b.test",
     "a@-b.test",
     "a@b-.test",
     "a..b@c.test",
@@ -82,7 +86,12 @@ def _agrees(value: str) -> bool:
 
 
 def test_the_common_shapes_take_the_fast_path() -> None:
-    for value in ("alice@example.test", "Alice Example <alice@example.test>", "A <a.b+c@x-y.z9>"):
+    for value in (
+        "alice@example.test",
+        "<alice@example.test>",
+        "Alice Example <alice@example.test>",
+        "A <a.b+c@x-y.z9>",
+    ):
         assert _agrees(value), value
 
 
@@ -114,7 +123,10 @@ _name = st.lists(st.text(ALNUM, min_size=1, max_size=8), min_size=1, max_size=3)
 @st.composite
 def _shape(draw: st.DrawFn) -> str:
     addr = ".".join(draw(_atoms)) + "@" + ".".join(draw(_labels))
-    return f"{' '.join(draw(_name))} <{addr}>" if draw(st.booleans()) else addr
+    form = draw(st.sampled_from(["bare", "angle", "named"]))
+    if form == "named":
+        return f"{' '.join(draw(_name))} <{addr}>"
+    return f"<{addr}>" if form == "angle" else addr
 
 
 @st.composite
