@@ -20,7 +20,7 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-__all__ = ["SIGNED_HEADERS", "DigestSigner", "DkimSigner", "SignerSet"]
+__all__ = ["SIGNED_HEADERS", "DigestSigner", "DkimSigner", "SignerSet", "canonical_body"]
 
 # Sign what a receiver shows or threads on, when present.
 SIGNED_HEADERS = (
@@ -96,7 +96,7 @@ class DkimSigner:
         headers, body = dkim.rfc822_parse(message)
         present = {name.lower() for name, _ in headers}
         include = [h for h in SIGNED_HEADERS if h in present]
-        body_hash = base64.b64encode(hashlib.sha256(_CANON.canonicalize_body(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         tags = [
             b"v=1",
             b"a=" + self.algorithm,
@@ -146,6 +146,19 @@ def _signed(unsigned: bytes, raw: bytes) -> bytes:
     signature = base64.b64encode(raw)
     folded_signature = b"\r\n ".join(signature[i : i + 72] for i in range(0, len(signature), 72))
     return b"DKIM-Signature: " + unsigned + folded_signature + b"\r\n"
+
+
+def canonical_body(body: bytes) -> bytes:
+    """The relaxed body canonicalisation (RFC 6376 §3.4.4), dkimpy's own, with its two
+    whitespace substitutions skipped when a body has nothing they would change: no tab, no run
+    of spaces and no space before a line end (the common case; the substitutions were a
+    third of the signing's cost)."""
+    canonical: bytes
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        canonical = _CANON.canonicalize_body(body)
+    else:
+        canonical = dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
+    return canonical
 
 
 def _fold(tags: list[bytes], width: int = 76) -> bytes:

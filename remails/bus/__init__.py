@@ -8,9 +8,9 @@ from typing import Protocol
 
 from cloudevents.http import CloudEvent
 
-from remails.bus.filters import Filter, matches
+from remails.bus.filters import Filter, matches, required_type
 
-__all__ = ["BatchHandler", "Handler", "Publisher", "Trigger", "matches"]
+__all__ = ["BatchHandler", "Handler", "Publisher", "Trigger", "matches", "required_type"]
 
 Handler = Callable[[CloudEvent], Awaitable[CloudEvent | None]]
 # Several events of one trigger at once; the replies to publish (any number, in any order).

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["Filter", "matches"]
+__all__ = ["Filter", "matches", "required_type"]
 
 Filter = Mapping[str, Any]
 
@@ -46,3 +46,13 @@ def _one(f: Filter, attributes: Mapping[str, Any]) -> bool:
 
 def matches(filters: Sequence[Filter], attributes: Mapping[str, Any]) -> bool:
     return all(_one(f, attributes) for f in filters)
+
+
+def required_type(filters: Sequence[Filter]) -> str | None:
+    """The event type every matching event has, when the filters pin one with a top-level
+    exact filter (as every trigger of ours does); None when they match several types."""
+    for f in filters:
+        exact = f.get("exact")
+        if len(f) == 1 and isinstance(exact, Mapping) and isinstance(exact.get("type"), str):
+            return str(exact["type"])
+    return None

@@ -26,7 +26,7 @@ from cloudevents.http import CloudEvent
 
 from remails import metrics
 from remails.backoff import exponential_delay
-from remails.bus import Trigger, matches
+from remails.bus import Trigger, matches, required_type
 from remails.log import log_event
 
 __all__ = ["DeadLetter", "InProcessBus"]
@@ -62,6 +62,8 @@ class InProcessBus:
     batch_workers: int = 2
     dead_letters: deque[DeadLetter] = field(init=False)
     _triggers: list[Trigger] = field(default_factory=list)
+    # Per event type, the triggers whose filters may match it (the others pin another type).
+    _candidates: dict[str, list[Trigger]] = field(default_factory=dict)
     _queue: asyncio.Queue[_Delivery] = field(init=False)
     _batch_queues: dict[int, asyncio.Queue[_Delivery]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -77,6 +79,7 @@ class InProcessBus:
 
     def subscribe(self, trigger: Trigger) -> None:
         self._triggers.append(trigger)
+        self._candidates.clear()
         if trigger.batch_handler is not None:
             queue: asyncio.Queue[_Delivery] = asyncio.Queue(self.queue_size)
             self._batch_queues[id(trigger)] = queue
@@ -85,7 +88,13 @@ class InProcessBus:
 
     async def publish(self, event: CloudEvent) -> None:
         attributes = event.get_attributes()
-        for trigger in self._triggers:
+        kind = str(attributes.get("type"))
+        candidates = self._candidates.get(kind)
+        if candidates is None:
+            candidates = self._candidates[kind] = [
+                t for t in self._triggers if required_type(t.filters) in (None, kind)
+            ]
+        for trigger in candidates:
             if matches(trigger.filters, attributes):
                 self._enqueue(_Delivery(trigger, event))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from uuid import uuid4
 
 import pytest
@@ -42,6 +42,36 @@ async def test_delivers_matching_events_only(bus: InProcessBus) -> None:
         await bus.publish(_routed(ip))
     await bus.drain()
     assert seen == ["127.0.0.2"]
+
+
+async def test_triggers_pinned_to_a_type_or_not_each_get_what_their_filters_match(bus: InProcessBus) -> None:
+    """Triggers are looked up by the type their filters pin (a trigger subscribed later, or one
+    whose filters allow several types, is still asked)."""
+    seen: dict[str, list[str]] = {"routed": [], "any": [], "prefix": [], "late": []}
+
+    def into(name: str) -> Callable[[CloudEvent], Awaitable[None]]:
+        async def handler(event: CloudEvent) -> None:
+            seen[name].append(event["type"])
+
+        return handler
+
+    bus.subscribe(Trigger("routed", [{"exact": {"type": "message.routed"}}], into("routed")))
+    either = [{"any": [{"exact": {"type": "message.routed"}}, {"exact": {"type": "message.received"}}]}]
+    bus.subscribe(Trigger("any", either, into("any")))
+    bus.subscribe(Trigger("prefix", [{"prefix": {"type": "message.rec"}}], into("prefix")))
+    ids = MessageEvent(message_id=uuid4(), organization_id=uuid4(), project_id=uuid4())
+    received = make_event(EventType.MESSAGE_RECEIVED, ids)
+    await bus.publish(_routed("127.0.0.2"))
+    await bus.publish(received)
+    bus.subscribe(Trigger("late", [{"exact": {"type": "message.received"}}], into("late")))
+    await bus.publish(received)
+    await bus.drain()
+    assert seen == {
+        "routed": ["message.routed"],
+        "any": ["message.routed", "message.received", "message.received"],
+        "prefix": ["message.received", "message.received"],
+        "late": ["message.received"],
+    }
 
 
 async def test_retries_a_failing_handler_until_it_succeeds(bus: InProcessBus) -> None:

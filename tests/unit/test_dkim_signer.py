@@ -69,3 +69,17 @@ def test_ed25519_signs_alongside_rsa_and_both_verify_with_dkimpy() -> None:
     tampered = signed.replace(b"body", b"b0dy")
     with pytest.raises(dkim.ValidationError, match="body hash"):
         dkim.DKIM(tampered).verify(idx=1, dnsfunc=dnsfunc)
+
+
+def test_the_body_canonicalisation_is_dkimpys() -> None:
+    """canonical_body skips dkimpy's whitespace substitutions only where they change nothing."""
+    import random
+
+    from remails_sender_node.dkim_signer import _CANON, canonical_body
+
+    pieces = [b"a", b"b", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b" \r\n"]
+    rng = random.Random(6376)
+    bodies = [b"", b"\r\n", b"\r\n\r\n", b"a", b"a ", b"a\r\n\r\n", b" ", b"a \r\nb", b"a\t\r\n"]
+    bodies += [b"".join(rng.choices(pieces, k=rng.randint(0, 40))) for _ in range(20_000)]
+    for body in bodies:
+        assert canonical_body(body) == _CANON.canonicalize_body(body), body
