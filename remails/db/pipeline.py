@@ -545,11 +545,15 @@ SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox,
        CASE WHEN c.status = 'sending' THEN c.raw END AS raw,
        r.addresses, r.domains, r.ids, r.settled,
        c.attempts, c.expires_at, c.created_at,
+       -- The sender's domain as the signing keys' lookup reads it (after the last @, a parent
+       -- only at a dot boundary, never a bare top-level name), for verified return paths.
        (SELECT d.name FROM domains d
          WHERE d.organization_id = c.organization_id AND d.verified_at IS NOT NULL
            AND d.return_path_verified_at IS NOT NULL
-           AND (lower(split_part(c.mail_from, '@', 2)) = d.name
-                OR lower(split_part(c.mail_from, '@', 2)) LIKE '%.' || d.name)
+           AND (d.name = lower(substring(c.mail_from FROM '@([^@]*)$'))
+                OR (position('.' IN d.name) > 0
+                    AND right(lower(substring(c.mail_from FROM '@([^@]*)$')), length(d.name) + 1)
+                        = '.' || d.name))
          ORDER BY length(d.name) DESC LIMIT 1) AS return_domain,
        k.domain AS dkim_domain, COALESCE(k.selectors, '{}') AS dkim_selectors,
        COALESCE(k.sealed, '{}') AS dkim_sealed,

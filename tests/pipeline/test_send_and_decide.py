@@ -60,6 +60,29 @@ async def test_the_claim_names_the_return_path_domain_and_each_recipients_row(
     assert await pipeline.claim_for_sending(pool, verp, IP, NODE, 30) is None  # claimed once
 
 
+async def test_the_return_path_domain_is_read_as_the_signing_one(pool: Pool, settings: Settings) -> None:
+    """The sender's own domain or its parent at a dot boundary, after the last @ (a quoted
+    local part may hold one), and a name's characters taken literally (no LIKE wildcards)."""
+    tenant = await make_tenant(pool, settings, "acme.test")
+    await pool.execute("UPDATE domains SET return_path_verified_at = now() WHERE name = 'acme.test'")
+
+    async def return_domain(sender: str) -> str | None:
+        message_id = await _routed(pool, tenant, ["a@dest.test"])
+        await pool.execute("UPDATE messages SET mail_from = $2 WHERE id = $1", message_id, sender)
+        claimed = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+        assert claimed is not None
+        return claimed.return_domain
+
+    assert await return_domain("app@acme.test") == "acme.test"
+    assert await return_domain("app@News.ACME.test") == "acme.test"
+    assert await return_domain('"x@acme.test"@elsewhere.test') is None  # its domain is the last one
+    assert await return_domain('"x@elsewhere.test"@acme.test') == "acme.test"
+    assert await return_domain("app@x-acme.test") is None  # not at a dot boundary
+    await pool.execute("UPDATE domains SET name = 'ac_e.test' WHERE name = 'acme.test'")
+    assert await return_domain("app@mail.acme.test") is None  # `_` is a character, not a wildcard
+    assert await return_domain("app@mail.ac_e.test") == "ac_e.test"
+
+
 async def test_retry_decides_a_batch_with_one_statement_and_skips_duplicates(
     pool: Pool, settings: Settings
 ) -> None:
