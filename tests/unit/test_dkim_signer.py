@@ -83,3 +83,25 @@ def test_the_body_canonicalisation_is_dkimpys() -> None:
     bodies += [b"".join(rng.choices(pieces, k=rng.randint(0, 40))) for _ in range(20_000)]
     for body in bodies:
         assert canonical_body(body) == _CANON.canonicalize_body(body), body
+
+
+def test_the_message_parse_is_dkimpys() -> None:
+    """parse_message gives dkimpy's rfc822_parse result, or its error, for every message."""
+    import random
+
+    from remails_sender_node.dkim_signer import parse_message
+
+    pieces = [b"From: a@b\r\n", b"To: c\r\n", b" folded\r\n", b"\tfold\r\n", b"X-A:b\r\n", b"\r\n"]
+    pieces += [b"body\r\n", b"\n", b"\r", b"From x\r\n", b"bad line\r\n", b"a", b":", b" "]
+    rng = random.Random(822)
+    for _ in range(50_000):
+        message = b"".join(rng.choices(pieces, k=rng.randint(0, 12)))
+        try:
+            expected: object = dkim.rfc822_parse(message)
+        except Exception as exc:  # the same error is what is compared
+            expected = type(exc)
+        try:
+            got: object = parse_message(message)
+        except Exception as exc:  # the same error is what is compared
+            got = type(exc)
+        assert got == expected, message
