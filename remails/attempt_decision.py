@@ -98,19 +98,19 @@ async def apply_decisions(
     messages: Sequence[pipeline.Attempted],
     policy: RetryPolicy,
     *,
-    node: str | None = None,
+    lease: str | None = None,
     signed: bytes | None = None,
     attempt: pipeline.AttemptRecord | None = None,
 ) -> list[CloudEvent]:
     """Decide each message, move them in one statement, and return the outcome events of those
-    that moved (a message another decision moved first is left out). `node`: the messages are
-    still `sending` under that node's lease — the sender deciding its own attempt, whose last
+    that moved (a message another decision moved first is left out). `lease`: the messages are
+    still `sending` under that lease (Claimed.lease) — the sender deciding its own attempt, whose last
     destination's `attempt` (not recorded yet) the same statement stores."""
     now = datetime.now(UTC)
     outcomes = [decide_outcome(m, now, policy, random.uniform(-1, 1)) for m in messages]
     ids = {r.address: r.id for m in messages for r in m.recipients} if attempt is not None else None
     queued = await pipeline.apply_outcomes(
-        conn, outcomes, node=node, signed=signed, attempt=attempt, recipient_ids=ids
+        conn, outcomes, lease=lease, signed=signed, attempt=attempt, recipient_ids=ids
     )
     events = []
     for message, outcome in zip(messages, outcomes, strict=True):

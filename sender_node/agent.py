@@ -342,7 +342,9 @@ class SenderNode:
             payload = exc
         signed: bytes | None = None
         if claimed.sandbox:  # signed like any message, recorded delivered, sent to no MX
-            signed, recorded = await self._record_sandbox(message.id, by_domain, payload, outbound_ip)
+            signed, recorded = await self._record_sandbox(
+                message.id, claimed.lease, by_domain, payload, outbound_ip
+            )
         else:
             tenant = str(message.organization_id)
             transactions = self._transactions(claimed, by_domain)
@@ -350,14 +352,14 @@ class SenderNode:
                 # One transaction (the usual case): the decision's statement stores its attempt.
                 ((domain, rcpts, mail_from),) = transactions
                 attempt = await self._deliver_one(
-                    message.id, domain, rcpts, mail_from, payload, outbound_ip, tenant
+                    message.id, claimed.lease, domain, rcpts, mail_from, payload, outbound_ip, tenant
                 )
                 await self._decide(claimed, [attempt], None, unrecorded=attempt)
                 return
             results = await asyncio.gather(
                 *(
                     self._deliver_and_record(
-                        message.id, domain, rcpts, mail_from, payload, outbound_ip, tenant
+                        message.id, claimed.lease, domain, rcpts, mail_from, payload, outbound_ip, tenant
                     )
                     for domain, rcpts, mail_from in transactions
                 ),
@@ -381,7 +383,7 @@ class SenderNode:
             await self._decide(claimed, attempts, signed)
             return
         # Another process decides (the retry function), from what the database holds.
-        if not await pipeline.finish_sending(self.ctx.pipeline, message.id, self.name, signed):
+        if not await pipeline.finish_sending(self.ctx.pipeline, message.id, claimed.lease, signed):
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=message.id)
             return
         event = make_event(
@@ -435,7 +437,7 @@ class SenderNode:
         )
         policy = RetryPolicy(self.settings.retry_first_seconds, self.settings.retry_max_seconds)
         events = await apply_decisions(
-            self.ctx.pipeline, [message], policy, node=self.name, signed=signed, attempt=unrecorded
+            self.ctx.pipeline, [message], policy, lease=claimed.lease, signed=signed, attempt=unrecorded
         )
         if not events:
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=claimed.key.id)
@@ -445,6 +447,7 @@ class SenderNode:
     async def _record_sandbox(
         self,
         message_id: UUID,
+        lease: str,
         by_domain: dict[str, list[str]],
         payload: Payload | BaseException,
         source_ip: str,
@@ -459,11 +462,13 @@ class SenderNode:
             signed = await payload.data(seven_bit=False)
         except Exception as exc:
             for domain, rcpts in by_domain.items():
-                recorded.append(await self._deliver_and_record(message_id, domain, rcpts, "", exc, source_ip))
+                recorded.append(
+                    await self._deliver_and_record(message_id, lease, domain, rcpts, "", exc, source_ip)
+                )
             return None, recorded
         for domain, rcpts in by_domain.items():
             attempt = _sandbox_attempt(domain, rcpts, source_ip)
-            if await pipeline.record_destination(self.ctx.pipeline, message_id, self.name, attempt, rcpts):
+            if await pipeline.record_destination(self.ctx.pipeline, message_id, lease, attempt, rcpts):
                 recorded.append(attempt)
             else:
                 log_event(logger, "lease lost before recording", logging.WARNING, message_id=message_id)
@@ -490,6 +495,7 @@ class SenderNode:
     async def _deliver_and_record(
         self,
         message_id: UUID,
+        lease: str,
         domain: str,
         recipients: list[str],
         mail_from: str,
@@ -501,14 +507,14 @@ class SenderNode:
         crash later never sends to recipients that already have the message. Returns the
         recorded attempt (None: the lease was no longer ours, nothing was stored)."""
         attempt = await self._deliver_one(
-            message_id, domain, recipients, mail_from, payload, source_ip, tenant
+            message_id, lease, domain, recipients, mail_from, payload, source_ip, tenant
         )
         delivered = [
             address
             for address, (code, enhanced, text) in attempt.replies.items()
             if classify(RecipientResult(code, enhanced, text)) == "delivered"
         ]
-        if await pipeline.record_destination(self.ctx.pipeline, message_id, self.name, attempt, delivered):
+        if await pipeline.record_destination(self.ctx.pipeline, message_id, lease, attempt, delivered):
             return attempt
         log_event(
             logger, "lease lost before recording", logging.WARNING, message_id=message_id, domain=domain
@@ -518,6 +524,7 @@ class SenderNode:
     async def _deliver_one(
         self,
         message_id: UUID,
+        lease: str,
         domain: str,
         recipients: list[str],
         mail_from: str,
@@ -531,7 +538,7 @@ class SenderNode:
             attempt = await contained(_reraise(payload), domain, recipients, source_ip)
         else:
             attempt = await contained(
-                self._attempt(domain, recipients, mail_from, payload, source_ip, message_id, tenant),
+                self._attempt(domain, recipients, mail_from, payload, source_ip, message_id, lease, tenant),
                 domain,
                 recipients,
                 source_ip,
@@ -561,6 +568,7 @@ class SenderNode:
         payload: Payload,
         source_ip: str,
         message_id: UUID,
+        lease: str,
         tenant: str = "",
     ) -> pipeline.AttemptRecord:
         started = time.monotonic()
@@ -577,7 +585,7 @@ class SenderNode:
             return failed_attempt(domain, recipients, source_ip, exc.enhanced, exc.text, started)
         names = [h.name for h in hosts]
         site = site_name(names)
-        to = _Destination(message_id, domain, site, self._limits_of(site, names), source_ip, tenant)
+        to = _Destination(message_id, lease, domain, site, self._limits_of(site, names), source_ip, tenant)
         envelope = Envelope(mail_from, recipients, payload)
         looked_up = time.monotonic()
         policy = await self.mta_sts.policy(mx_domain) if self.mta_sts is not None else None
@@ -614,7 +622,7 @@ class SenderNode:
         renew_every = self.lease_seconds / 3
 
         async def renew() -> None:
-            await pipeline.extend_lease(self.ctx.pipeline, to.message_id, self.name, self.lease_seconds)
+            await pipeline.extend_lease(self.ctx.pipeline, to.message_id, to.lease, self.lease_seconds)
 
         try:
             ticket = await queue.acquire(want, renew, renew_every, to.tenant)
@@ -694,6 +702,7 @@ class _Destination:
     """One destination's delivery: where it goes, and why it waited (for the attempt log)."""
 
     message_id: UUID
+    lease: str  # the claim's, renewed while it waits
     domain: str
     site: str
     limits: Limits

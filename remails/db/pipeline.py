@@ -505,6 +505,8 @@ class Claimed:
     # RSA first; None and [] when the organization has no domain for the sender.
     dkim_domain: str | None
     dkim_keys: list[tuple[str, bytes]]
+    # The lease's name ("node#attempt"): what records, finishes, renews and decides this claim.
+    lease: str
 
 
 # claim_for_sending: routed → sending for this node and IP, with a lease, for a batch; counts
@@ -524,7 +526,9 @@ WITH locked AS (
            resume_status = CASE WHEN o.block_status = 'not_blocked' THEN m.resume_status
                                 ELSE 'admitted' END,
            reason = CASE WHEN o.block_status = 'not_blocked' THEN m.reason ELSE $5 END,
-           lease_owner = CASE WHEN o.block_status = 'not_blocked' THEN $3 END,
+           -- The lease names its node and this claim: a task of this node that outlived an
+           -- earlier lease of the message can no longer record or decide anything under it.
+           lease_owner = CASE WHEN o.block_status = 'not_blocked' THEN $3 || '#' || (m.attempts + 1) END,
            lease_until = CASE WHEN o.block_status = 'not_blocked'
                               THEN now() + make_interval(secs => $4) END,
            attempts = m.attempts + CASE WHEN o.block_status = 'not_blocked' THEN 1 ELSE 0 END,
@@ -532,7 +536,7 @@ WITH locked AS (
       FROM organizations o
      WHERE m.id IN (SELECT id FROM locked) AND o.id = m.organization_id
     RETURNING m.id, m.organization_id, m.project_id, m.mail_from, m.raw, m.status::text AS status,
-              m.attempts, m.expires_at, m.created_at
+              m.attempts, m.expires_at, m.created_at, m.lease_owner
 ), r AS (
     SELECT r.message_id,
            array_agg(r.address ORDER BY r.id) FILTER (WHERE r.status IN ('pending', 'deferred')) AS addresses,
@@ -541,7 +545,7 @@ WITH locked AS (
            array_agg(r.status::text) FILTER (WHERE r.status NOT IN ('pending', 'deferred')) AS settled
       FROM recipients r WHERE r.message_id IN (SELECT id FROM c) GROUP BY r.message_id
 )
-SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox,
+SELECT c.id, c.organization_id, c.project_id, c.mail_from, c.status, p.sandbox, c.lease_owner,
        CASE WHEN c.status = 'sending' THEN c.raw END AS raw,
        r.addresses, r.domains, r.ids, r.settled,
        c.attempts, c.expires_at, c.created_at,
@@ -616,6 +620,7 @@ def _claimed(row: asyncpg.Record) -> Claimed:
         list(row["settled"] or []),
         row["dkim_domain"],
         list(zip(row["dkim_selectors"], (bytes(k) for k in row["dkim_sealed"]), strict=True)),
+        row["lease_owner"],
     )
 
 
@@ -664,10 +669,10 @@ SELECT id FROM m
 
 
 async def record_destination(
-    conn: Executor, message_id: UUID, node: str, attempt: AttemptRecord, delivered: Sequence[str]
+    conn: Executor, message_id: UUID, lease: str, attempt: AttemptRecord, delivered: Sequence[str]
 ) -> bool:
     """Store one destination's outcome; `delivered` are the recipients to mark delivered now.
-    False: the lease is no longer ours (nothing was written)."""
+    `lease` is the claim's (Claimed.lease). False: the lease is no longer ours (nothing written)."""
     done = set(delivered)
     replies = [
         {"address": address, "code": code, "enhanced": enhanced, "text": text, "delivered": address in done}
@@ -677,7 +682,7 @@ async def record_destination(
     found = await conn.fetchval(
         _RECORD,
         message_id,
-        node,
+        lease,
         replies,
         a.domain,
         a.recipients,
@@ -704,30 +709,37 @@ RETURNING id
 """
 
 
-async def finish_sending(conn: Executor, message_id: UUID, node: str, signed: bytes | None = None) -> bool:
-    return await conn.fetchval(_FINISH, message_id, node, signed) is not None
+async def finish_sending(conn: Executor, message_id: UUID, lease: str, signed: bytes | None = None) -> bool:
+    return await conn.fetchval(_FINISH, message_id, lease, signed) is not None
 
 
-async def extend_lease(conn: Executor, message_id: UUID, node: str, seconds: float) -> bool:
+async def extend_lease(conn: Executor, message_id: UUID, lease: str, seconds: float) -> bool:
     """Renew the sending lease of a message that waits (a shaped destination) so the sweep
-    does not take it back; False when the lease is no longer this node's."""
+    does not take it back; False when the lease has ended."""
     found = await conn.fetchval(
         "UPDATE messages SET lease_until = now() + make_interval(secs => $3)"
         " WHERE id = $1 AND status = 'sending' AND lease_owner = $2 RETURNING id",
         message_id,
-        node,
+        lease,
         seconds,
     )
     return found is not None
 
 
+# The leases of one node: "node#attempt" (and a bare "node", as leases were named before).
+_RELEASE = """
+UPDATE messages SET status = 'admitted', lease_owner = NULL, lease_until = NULL, updated_at = now()
+ WHERE status = 'sending'
+   AND (lease_owner = $1
+        OR (left(lease_owner, length($1) + 1) = $1 || '#'
+            AND substr(lease_owner, length($1) + 2) ~ '^[0-9]+$'))
+RETURNING id, organization_id, project_id
+"""
+
+
 async def release_node_leases(conn: Executor, node: str) -> list[MessageKey]:
     """A node that (re)starts holds no sends: its leased messages go back to routing."""
-    rows = await conn.fetch(
-        "UPDATE messages SET status = 'admitted', lease_owner = NULL, lease_until = NULL, updated_at = now()"
-        " WHERE status = 'sending' AND lease_owner = $1 RETURNING id, organization_id, project_id",
-        node,
-    )
+    rows = await conn.fetch(_RELEASE, node)
     return [MessageKey(**r) for r in rows]
 
 
@@ -789,7 +801,7 @@ class Outcome:
 
 # apply_outcomes: attempted → the decided status for a batch, in one statement: each message moves only if
 # still `attempted` (rows locked in id order), with its recipients, suppressions and webhooks. With
-# a node ($10), sending → the decided status instead, only while that node holds the lease: the
+# a lease ($10), sending → the decided status instead, only while that lease holds: the
 # sender deciding its own attempt; $11 then replaces a sandbox message's bytes with the signed ones,
 # and $12 to $26 record its last destination's attempt (what record_destination would have stored).
 _OUTCOMES = """
@@ -851,20 +863,20 @@ async def apply_outcomes(
     conn: Executor,
     outcomes: Sequence[Outcome],
     *,
-    node: str | None = None,
+    lease: str | None = None,
     signed: bytes | None = None,
     attempt: AttemptRecord | None = None,
     recipient_ids: Mapping[str, int] | None = None,
 ) -> dict[UUID, int]:
-    """Message id → webhooks queued, for the messages that were still `attempted`. With `node`:
-    still `sending` under that node's lease — one message finished by its sender, `signed` its
+    """Message id → webhooks queued, for the messages that were still `attempted`. With `lease`
+    (Claimed.lease): still `sending` under that lease — one message finished by its sender, `signed` its
     signed bytes (a sandbox message), `attempt` its last destination's attempt, stored here
     instead of by record_destination (`recipient_ids`: address → recipient row)."""
     if not outcomes:
         return {}
-    if node is not None and len(outcomes) != 1:
+    if lease is not None and len(outcomes) != 1:
         raise ValueError("a sender finishes one message at a time")
-    if (signed is not None or attempt is not None) and node is None:
+    if (signed is not None or attempt is not None) and lease is None:
         raise ValueError("signed bytes and an attempt belong to a message finished by its sender")
     statuses = [(rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
     replied: dict[int, tuple[int | None, str | None, str]] = {}
@@ -875,7 +887,7 @@ async def apply_outcomes(
     a = attempt
     suppress = [(o.message_id, address, why) for o in outcomes for address, why in o.suppress]
     rows = await conn.fetch(
-        _OUTCOMES_OF_ATTEMPTED if node is None else _OUTCOMES_OF_SENDING,
+        _OUTCOMES_OF_ATTEMPTED if lease is None else _OUTCOMES_OF_SENDING,
         [o.message_id for o in outcomes],
         [o.status for o in outcomes],
         [o.reason for o in outcomes],
@@ -885,7 +897,7 @@ async def apply_outcomes(
         [m for m, _, _ in suppress],
         [a for _, a, _ in suppress],
         [w for _, _, w in suppress],
-        node,
+        lease,
         signed,
         [r is not None for r in answered],
         [r[0] if r else None for r in answered],

@@ -60,6 +60,43 @@ async def test_the_claim_names_the_return_path_domain_and_each_recipients_row(
     assert await pipeline.claim_for_sending(pool, verp, IP, NODE, 30) is None  # claimed once
 
 
+async def test_a_lease_is_its_claims_alone(pool: Pool, settings: Settings) -> None:
+    """A task that outlived its lease (the sweep took the message back and the same node claimed
+    it again) can no longer record, renew, finish or decide anything: each claim has a lease of
+    its own. A restarting node still releases all of its leases."""
+    tenant = await make_tenant(pool, settings, "acme.test")
+    message_id = await _routed(pool, tenant, ["a@dest.test"])
+    old = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+    assert old is not None
+    # The lease ran out; the sweep routed it again and this node claimed it anew.
+    await pool.execute("UPDATE messages SET status = 'routed', lease_owner = NULL WHERE id = $1", message_id)
+    new = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+    assert new is not None and (old.lease, new.lease) == (f"{NODE}#1", f"{NODE}#2")
+
+    reply = _reply("a@dest.test", 250, "ok")
+    assert not await pipeline.extend_lease(pool, message_id, old.lease, 60)
+    assert not await pipeline.record_destination(pool, message_id, old.lease, reply, ["a@dest.test"])
+    assert not await pipeline.finish_sending(pool, message_id, old.lease)
+    rows = [
+        pipeline.RecipientRow(
+            old.recipient_ids["a@dest.test"], "a@dest.test", "dest.test", "pending", 250, None, "ok"
+        )
+    ]
+    stale = pipeline.Attempted(old.key, "sending", old.attempts, old.expires_at, rows, old.created_at)
+    assert await apply_decisions(pool, [stale], POLICY, lease=old.lease, attempt=reply) == []
+    assert await pool.fetchval("SELECT count(*) FROM attempts WHERE message_id = $1", message_id) == 0
+    assert (
+        await pool.fetchval("SELECT status::text FROM recipients WHERE message_id = $1", message_id)
+        == "pending"
+    )
+
+    assert await pipeline.extend_lease(pool, message_id, new.lease, 60)  # the current claim's own
+    other = await _routed(pool, tenant, ["b@dest.test"])
+    assert await pipeline.claim_for_sending(pool, other, IP, f"{NODE}#9", 30) is not None  # an odd name
+    released = await pipeline.release_node_leases(pool, NODE)
+    assert [k.id for k in released] == [message_id]  # not the other node's, whose name starts alike
+
+
 async def test_the_return_path_domain_is_read_as_the_signing_one(pool: Pool, settings: Settings) -> None:
     """The sender's own domain or its parent at a dot boundary, after the last @ (a quoted
     local part may hold one), and a name's characters taken literally (no LIKE wildcards)."""
@@ -89,13 +126,14 @@ async def test_retry_decides_a_batch_with_one_statement_and_skips_duplicates(
     tenant = await make_tenant(pool, settings, "acme.test")
     ids = [await _routed(pool, tenant, [f"u{i}@dest.test"]) for i in range(3)]
     for i, message_id in enumerate(ids):
-        assert await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30) is not None
+        claimed = await pipeline.claim_for_sending(pool, message_id, IP, NODE, 30)
+        assert claimed is not None and claimed.lease == f"{NODE}#1"
         code, text = (250, "ok") if i else (550, "5.1.1 unknown")
         delivered = [f"u{i}@dest.test"] if code == 250 else []
         await pipeline.record_destination(
-            pool, message_id, NODE, _reply(f"u{i}@dest.test", code, text), delivered
+            pool, message_id, claimed.lease, _reply(f"u{i}@dest.test", code, text), delivered
         )
-        assert await pipeline.finish_sending(pool, message_id, NODE)
+        assert await pipeline.finish_sending(pool, message_id, claimed.lease)
     ctx = Context(
         settings, pool, RecordingPublisher(), load_master_key(settings.secret_key, settings.data_dir)
     )
@@ -145,7 +183,7 @@ async def test_the_sender_decides_its_own_attempt_from_the_claim_and_its_replies
     assert (claimed.attempts, claimed.settled) == (1, ["delivered"])
     assert claimed.expires_at > claimed.created_at
     bounce = _reply("a@dest.test", 550, "5.1.1 unknown")
-    assert await pipeline.record_destination(pool, message_id, NODE, bounce, [])
+    assert await pipeline.record_destination(pool, message_id, claimed.lease, bounce, [])
     rows = [
         pipeline.RecipientRow(
             claimed.recipient_ids["a@dest.test"],
@@ -167,11 +205,11 @@ async def test_the_sender_decides_its_own_attempt_from_the_claim_and_its_replies
         tuple(claimed.settled),
     )
 
-    assert await apply_decisions(pool, [attempted], POLICY, node="node-b") == []  # not its lease
+    assert await apply_decisions(pool, [attempted], POLICY, lease="node-b#1") == []  # not its lease
     assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", message_id) == "sending"
     assert await apply_decisions(pool, [attempted], POLICY) == []  # the retry function's form: not attempted
 
-    events = await apply_decisions(pool, [attempted], POLICY, node=NODE)
+    events = await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease)
     assert [(e["type"], e["msgid"]) for e in events] == [("message.bounced", str(message_id))]
     row = await one_row(
         pool,
@@ -187,7 +225,7 @@ async def test_the_sender_decides_its_own_attempt_from_the_claim_and_its_replies
     assert await pool.fetchval(
         "SELECT address FROM suppressions WHERE organization_id = $1", tenant.org_id
     ) == ("a@dest.test")
-    assert await apply_decisions(pool, [attempted], POLICY, node=NODE) == []  # decided once
+    assert await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease) == []  # decided once
 
 
 async def test_a_deferred_recipient_beside_a_settled_one_defers_the_message(
@@ -209,7 +247,7 @@ async def test_a_deferred_recipient_beside_a_settled_one_defers_the_message(
     attempted = pipeline.Attempted(
         claimed.key, "sending", 1, claimed.expires_at, rows, claimed.created_at, tuple(claimed.settled)
     )
-    (event,) = await apply_decisions(pool, [attempted], POLICY, node=NODE)
+    (event,) = await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease)
     assert event["type"] == "message.deferred"
     row = await one_row(
         pool, "SELECT status::text, next_attempt_at, lease_owner FROM messages WHERE id = $1", message_id
@@ -241,10 +279,10 @@ async def test_the_deciding_statement_also_stores_the_last_destinations_attempt(
     ]
     attempted = pipeline.Attempted(claimed.key, "sending", 1, claimed.expires_at, rows, claimed.created_at)
 
-    assert await apply_decisions(pool, [attempted], POLICY, node="node-b", attempt=attempt) == []
+    assert await apply_decisions(pool, [attempted], POLICY, lease="node-b#1", attempt=attempt) == []
     assert await pool.fetchval("SELECT count(*) FROM attempts WHERE message_id = $1", message_id) == 0
 
-    (event,) = await apply_decisions(pool, [attempted], POLICY, node=NODE, attempt=attempt)
+    (event,) = await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease, attempt=attempt)
     assert event["type"] == "message.delivered"
     stored = await one_row(
         pool,
@@ -345,8 +383,8 @@ async def test_one_statement_claims_a_batch_and_leaves_the_rest_alone(pool: Pool
         [*mine, other_ip, taken, held],
     )
     assert statuses == {
-        **{m: f"sending {NODE}" for m in mine},
+        **{m: f"sending {NODE}#1" for m in mine},
         other_ip: "routed -",
-        taken: "sending node-b",
+        taken: "sending node-b#1",
         held: "held -",
     }

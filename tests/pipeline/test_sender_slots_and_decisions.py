@@ -108,7 +108,7 @@ async def test_a_recipient_settled_while_its_message_was_sending_keeps_its_statu
     attempted = pipeline.Attempted(
         claimed.key, "sending", claimed.attempts, claimed.expires_at, rows, claimed.created_at
     )
-    await apply_decisions(pool, [attempted], POLICY, node=NODE, attempt=attempt)
+    await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease, attempt=attempt)
 
     assert await pool.fetchval("SELECT status::text FROM recipients WHERE id = $1", rid) == "complained"
 
@@ -146,8 +146,8 @@ async def test_the_sender_decides_with_the_same_reason_as_the_retry_function(
 
     # The retry function's way: recorded, finished, then decided from the stored rows.
     old = await _claimed(pool, tenant, list(replies))
-    assert await pipeline.record_destination(pool, old.key.id, NODE, attempt, ["a@dest.test"])
-    assert await pipeline.finish_sending(pool, old.key.id, NODE)
+    assert await pipeline.record_destination(pool, old.key.id, old.lease, attempt, ["a@dest.test"])
+    assert await pipeline.finish_sending(pool, old.key.id, old.lease)
     event = make_event(
         EventType.DELIVERY_ATTEMPTED,
         DeliveryAttempted(message_id=old.key.id, organization_id=tenant.org_id, project_id=tenant.project_id),
