@@ -203,6 +203,15 @@ class Settings(BaseSettings):
     def _listen(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
 
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str | None) -> str | None:
+        # A sending lease is named "node#attempt": a '#' in a node's name could make one node's
+        # restart release another's leases.
+        if value is not None and "#" in value:
+            raise ValueError("a node name cannot contain '#'")
+        return value
+
     @field_validator("outbound_ips", mode="before")
     @classmethod
     def _ips(cls, value: Any) -> Any:

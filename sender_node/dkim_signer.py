@@ -99,7 +99,8 @@ class DkimSigner:
         present = {name.lower() for name, _ in headers}
         include = [h for h in SIGNED_HEADERS if h in present]
         # Only the fields that are signed are canonicalised (the selection keeps their order).
-        signed = [h for h in headers if h[0].lower() in present.intersection(include)]
+        wanted = set(include)
+        signed = [h for h in headers if h[0].lower() in wanted]
         body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         tags = [
             b"v=1",

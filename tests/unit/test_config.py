@@ -42,6 +42,7 @@ def test_lists_and_addresses_parse_from_the_environment(monkeypatch: pytest.Monk
         ("REMAILS_TRUSTED_NETWORKS", "10.0.0.0/8", "CIDR=PROJECT_ID"),
         ("REMAILS_TICK_SECONDS", "0", "greater than 0"),
         ("REMAILS_DNS_SERVERS", "dns.example:53", "does not appear to be an IPv4"),
+        ("REMAILS_NODE_NAME", "node#2", "cannot contain '#'"),
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_the_variable(
