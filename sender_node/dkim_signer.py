@@ -18,8 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 import dkim
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from remails.message_headers import has_bare_line_ending
+from remails_sender_node.signing_worker import sign_digest
 
 __all__ = ["SIGNED_HEADERS", "DigestSigner", "DkimSigner", "SignerSet", "canonical_body", "parse_message"]
 
@@ -83,9 +86,7 @@ class DkimSigner:
 
     def sign_digest(self, digest: bytes) -> bytes:
         """The private-key operation on the SHA-256 hash of the header."""
-        if isinstance(self._key, rsa.RSAPrivateKey):
-            return self._key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        return self._key.sign(digest)  # RFC 8463 §3: Ed25519 over the SHA-256 hash
+        return sign_digest(self._key, digest)
 
     def private_der(self) -> bytes:
         """The key in PKCS#8 DER, for the signing process."""
@@ -157,16 +158,13 @@ def parse_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
     """dkimpy's rfc822_parse (header fields and body), without splitting the body into lines
     when every line ends in CRLF, as the sender's messages do (58 -> 10 us for 4 KB); any
     other message, or a header block dkimpy refuses, is left to dkimpy."""
-    parsed: tuple[list[list[bytes]], bytes]
-    if message.count(b"\n") != message.count(b"\r\n"):
-        parsed = dkim.rfc822_parse(message)
-        return parsed
+    if has_bare_line_ending(message):
+        return _dkimpy_parse(message)
     if message.startswith(b"\r\n"):
         return [], message[2:]
     end = message.find(b"\r\n\r\n")
     if end < 0:
-        parsed = dkim.rfc822_parse(message)
-        return parsed
+        return _dkimpy_parse(message)
     headers: list[list[bytes]] = []
     for line in message[:end].split(b"\r\n"):
         if line[:1] in (b"\t", b" ") and headers:
@@ -176,9 +174,13 @@ def parse_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
         if field is not None:
             headers.append([field.group(1), line[field.end(0) :] + b"\r\n"])
         elif not line.startswith(b"From "):  # what dkimpy refuses, it refuses itself
-            parsed = dkim.rfc822_parse(message)
-            return parsed
+            return _dkimpy_parse(message)
     return headers, message[end + 4 :]
+
+
+def _dkimpy_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    parsed: tuple[list[list[bytes]], bytes] = dkim.rfc822_parse(message)
+    return parsed
 
 
 def canonical_body(body: bytes) -> bytes:

@@ -158,10 +158,15 @@ class SigningProcess:
         finally:
             if self._process is process:
                 log_event(logger, "signing process ended", logging.WARNING, exit_status=process.returncode)
-                self._process = None
-            self._lost(process)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            self._drop(process)
+
+    def _drop(self, process: asyncio.subprocess.Process) -> None:
+        """This worker is done with: killed, its open requests signed here."""
+        if self._process is process:
+            self._process = None
+        self._lost(process)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     def _lost(self, process: asyncio.subprocess.Process | None = None) -> None:
         """The open requests (of `process`, or all) are signed here instead."""
@@ -180,7 +185,4 @@ class SigningProcess:
             if process is None or not self._pending or time.monotonic() - self._answered_at <= self.timeout:
                 continue
             log_event(logger, "signing process stopped answering", logging.WARNING)
-            self._process = None
-            self._lost(process)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            self._drop(process)

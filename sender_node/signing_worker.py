@@ -19,7 +19,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-__all__ = ["HEADER_IN", "HEADER_OUT", "main", "serve"]
+__all__ = ["HEADER_IN", "HEADER_OUT", "Key", "main", "serve", "sign_digest"]
 
 HEADER_IN = struct.Struct(">cII")
 HEADER_OUT = struct.Struct(">IBI")
@@ -28,7 +28,8 @@ KEY_ID = struct.Struct(">I")
 Key = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
-def _sign(key: Key, digest: bytes) -> bytes:
+def sign_digest(key: Key, digest: bytes) -> bytes:
+    """DKIM's private-key operation on the SHA-256 hash of the header (here and in DkimSigner)."""
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
     return key.sign(digest)  # RFC 8463 §3: Ed25519 over the SHA-256 hash
@@ -60,7 +61,7 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
             if known is None:
                 answer, status = b"unknown key", 1
             else:
-                answer, status = _sign(known, payload[KEY_ID.size :]), 0
+                answer, status = sign_digest(known, payload[KEY_ID.size :]), 0
             outgoing.write(HEADER_OUT.pack(ident, status, len(answer)) + answer)
             outgoing.flush()
         elif kind == b"C":
