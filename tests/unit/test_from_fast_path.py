@@ -10,7 +10,7 @@ import string
 from email.headerregistry import Address
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from remails.sending_policy import _parsed_from, _simple_from, from_addresses
@@ -122,7 +122,10 @@ _name = st.lists(st.text(ALNUM, min_size=1, max_size=8), min_size=1, max_size=3)
 
 @st.composite
 def _shape(draw: st.DrawFn) -> str:
-    addr = ".".join(draw(_atoms)) + "@" + ".".join(draw(_labels))
+    # "=?" could open an encoded word: such values are meant for the parser, not a common shape.
+    local = ".".join(draw(_atoms))
+    assume("=?" not in local)
+    addr = local + "@" + ".".join(draw(_labels))
     form = draw(st.sampled_from(["bare", "angle", "named"]))
     if form == "named":
         return f"{' '.join(draw(_name))} <{addr}>"
