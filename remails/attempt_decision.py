@@ -7,6 +7,7 @@ message's state can decide it the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Sequence
@@ -97,21 +98,22 @@ async def apply_decisions(
     conn: Executor,
     messages: Sequence[pipeline.Attempted],
     policy: RetryPolicy,
-    *,
-    lease: str | None = None,
-    signed: bytes | None = None,
-    attempt: pipeline.AttemptRecord | None = None,
+    finishes: Sequence[pipeline.SenderFinish] | None = None,
 ) -> list[CloudEvent]:
     """Decide each message, move them in one statement, and return the outcome events of those
-    that moved (a message another decision moved first is left out). `lease`: the messages are
-    still `sending` under that lease (Claimed.lease) — the sender deciding its own attempt, whose last
-    destination's `attempt` (not recorded yet) the same statement stores."""
+    that moved (a message another decision moved first is left out). `finishes` (one for each
+    message): the messages are still `sending` under those leases — the sender deciding its own
+    attempts, whose last destinations' attempts (not recorded yet) the same statement stores."""
     now = datetime.now(UTC)
     outcomes = [decide_outcome(m, now, policy, random.uniform(-1, 1)) for m in messages]
-    ids = {r.address: r.id for m in messages for r in m.recipients} if attempt is not None else None
-    queued = await pipeline.apply_outcomes(
-        conn, outcomes, lease=lease, signed=signed, attempt=attempt, recipient_ids=ids
-    )
+    if finishes is not None:
+        finishes = [
+            dataclasses.replace(f, recipient_ids={r.address: r.id for r in m.recipients})
+            if f.attempt is not None
+            else f
+            for m, f in zip(messages, finishes, strict=True)
+        ]
+    queued = await pipeline.apply_outcomes(conn, outcomes, finishes)
     events = []
     for message, outcome in zip(messages, outcomes, strict=True):
         if message.key.id not in queued:

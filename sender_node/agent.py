@@ -28,9 +28,11 @@ from cloudevents.http import CloudEvent
 from remails import metrics
 from remails.addresses import ascii_domain
 from remails.attempt_decision import apply_decisions
+from remails.batching import Batcher
 from remails.bus import Trigger
 from remails.context import Context
 from remails.db import egress, pipeline
+from remails.db.messages import is_data_error
 from remails.dns import make_resolver
 from remails.events import (
     DeliveryAttempted,
@@ -62,6 +64,7 @@ PARKED_PER_ORGANIZATION = 10_000  # routed messages an organization at its share
 SIGNER_CACHE_SIZE = 1000  # parsed keys kept; past this the cache starts over
 SITE_LIMITS_KEPT = 10_000  # sites whose limits are remembered; past this it starts over
 HOUSEKEEPING_SECONDS = 1.0  # idle connections closed and spare slots given back this often
+DECISIONS_PER_STATEMENT = 64  # attempts decided together at most (a statement's arrays stay small)
 POLICY_WAIT_NOTED = 0.5  # seconds: an MTA-STS lookup at least this slow is named in the attempt log
 
 
@@ -95,6 +98,8 @@ class SenderNode:
         self._return_path_key = ctx.master_key.derive(KEY_PURPOSE)  # derived once, not per message
         self._signers: dict[tuple[UUID, str, tuple[tuple[str, bytes], ...]], DkimSigner | SignerSet] = {}
         self.signing = SigningProcess() if ctx.settings.dkim_signing_process else None
+        # Attempts that end at about the same time are decided in one statement.
+        self._decisions = Batcher(self._apply_decisions, DECISIONS_PER_STATEMENT, is_own_fault=is_data_error)
         self._heartbeat: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         # The lease outlives the longest attempt: every MX step may take the full timeout.
@@ -435,14 +440,26 @@ class SenderNode:
             claimed.created_at,
             tuple(claimed.settled),
         )
-        policy = RetryPolicy(self.settings.retry_first_seconds, self.settings.retry_max_seconds)
-        events = await apply_decisions(
-            self.ctx.pipeline, [message], policy, lease=claimed.lease, signed=signed, attempt=unrecorded
+        events = await self._decisions.submit(
+            (message, pipeline.SenderFinish(claimed.lease, signed, unrecorded))
         )
         if not events:
             log_event(logger, "lease lost before recording", logging.WARNING, message_id=claimed.key.id)
         for event in events:
             await self.ctx.publisher.publish(event)
+
+    async def _apply_decisions(
+        self, batch: list[tuple[pipeline.Attempted, pipeline.SenderFinish]]
+    ) -> list[list[CloudEvent]]:
+        """The decisions of messages finished at about the same time, in one statement; each
+        message's outcome events (none: its lease was lost)."""
+        policy = RetryPolicy(self.settings.retry_first_seconds, self.settings.retry_max_seconds)
+        messages = [message for message, _ in batch]
+        events = await apply_decisions(self.ctx.pipeline, messages, policy, [f for _, f in batch])
+        by_message: dict[str, list[CloudEvent]] = defaultdict(list)
+        for event in events:
+            by_message[event.data["message_id"]].append(event)
+        return [by_message.get(str(m.key.id), []) for m in messages]
 
     async def _record_sandbox(
         self,

@@ -9,7 +9,7 @@ message first — and callers then do nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -28,6 +28,7 @@ __all__ = [
     "MessageRow",
     "Outcome",
     "RecipientRow",
+    "SenderFinish",
     "ToIntake",
     "ToRoute",
     "ToValidate",
@@ -801,20 +802,25 @@ class Outcome:
 
 # apply_outcomes: attempted → the decided status for a batch, in one statement: each message moves only if
 # still `attempted` (rows locked in id order), with its recipients, suppressions and webhooks. With
-# a lease ($10), sending → the decided status instead, only while that lease holds: the
-# sender deciding its own attempt; $11 then replaces a sandbox message's bytes with the signed ones,
-# and $12 to $26 record its last destination's attempt (what record_destination would have stored).
+# leases ($10, one a message), sending → the decided status instead, only while its lease holds:
+# the sender deciding its own attempts; $11 then replaces a sandbox message's bytes with the
+# signed ones, and $12 to $16 record each message's last destination's attempt (what
+# record_destination would have stored).
 _OUTCOMES = """
 WITH o AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
-                  AS o(id, status, reason, next_attempt_at)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $10::text[], $11::bytea[])
+                  AS o(id, status, reason, next_attempt_at, lease, signed)
 ), locked AS (
-    SELECT id FROM messages WHERE {guard} ORDER BY id FOR UPDATE
+    -- By key (`status::text`: a plain comparison lets the planner scan the partial index of
+    -- every row in that status instead of the keys) and in id order (no deadlock).
+    SELECT messages.id FROM messages JOIN o ON messages.id = o.id
+     WHERE messages.id = ANY($1::uuid[]) AND {guard}
+     ORDER BY messages.id FOR UPDATE OF messages
 ), m AS (
     UPDATE messages
        SET status = o.status::message_status, reason = o.reason, next_attempt_at = o.next_attempt_at,
            updated_at = now(), lease_owner = NULL, lease_until = NULL,
-           raw = COALESCE($11::bytea, raw), size = COALESCE(octet_length($11::bytea), size),
+           raw = COALESCE(o.signed, raw), size = COALESCE(octet_length(o.signed), size),
            finished_at = CASE WHEN o.status IN ('delivered', 'bounced', 'failed') THEN now() END
       FROM o WHERE messages.id = o.id AND messages.id IN (SELECT id FROM locked)
     RETURNING messages.id, messages.organization_id, o.status
@@ -836,8 +842,13 @@ WITH o AS (
 ), a AS (
     INSERT INTO attempts (message_id, domain, recipients, mx_host, source_ip, tls_version, code,
                           enhanced, text, duration_ms, site, waited)
-    SELECT m.id, $16, $17::text[], $18, $19::inet, $20, $21, $22, $23, $24, $25, $26
-      FROM m WHERE $16::text IS NOT NULL
+    SELECT m.id, x.domain, x.recipients, x.mx_host, x.source_ip, x.tls_version, x.code, x.enhanced,
+           x.text, x.duration_ms, x.site, x.waited
+      FROM m JOIN jsonb_to_recordset($16::jsonb)
+                  AS x(message_id uuid, domain text, recipients text[], mx_host text, source_ip inet,
+                       tls_version text, code int, enhanced text, text text, duration_ms int,
+                       site text, waited text)
+        ON x.message_id = m.id
 ), s AS (
     INSERT INTO suppressions (organization_id, address, reason)
     SELECT m.organization_id, lower(x.address), x.reason
@@ -849,71 +860,78 @@ WITH o AS (
 SELECT id, status, enqueue_webhooks(id, 'message.' || status) AS webhooks
   FROM m WHERE (SELECT count(*) FROM r) >= 0
 """
-# Two statements, not one with a CASE: a guard the planner cannot see through made it scan every
-# `sending` row (the partial index) instead of looking the message up by its key.
-_OUTCOMES_OF_ATTEMPTED = _OUTCOMES.replace(
-    "{guard}", "id IN (SELECT id FROM o) AND status = 'attempted' AND $10::text IS NULL"
-)
+_OUTCOMES_OF_ATTEMPTED = _OUTCOMES.replace("{guard}", "messages.status::text = 'attempted'")
 _OUTCOMES_OF_SENDING = _OUTCOMES.replace(
-    "{guard}", "id = ($1::uuid[])[1] AND status = 'sending' AND lease_owner = $10::text"
+    "{guard}", "messages.status::text = 'sending' AND messages.lease_owner = o.lease"
 )
+
+
+@dataclass(frozen=True)
+class SenderFinish:
+    """A sender deciding its own attempt of one message: the claim's lease (Claimed.lease), a
+    sandbox message's signed bytes, and the last destination's attempt, not recorded yet
+    (`recipient_ids`: address → that message's recipient row)."""
+
+    lease: str
+    signed: bytes | None = None
+    attempt: AttemptRecord | None = None
+    recipient_ids: Mapping[str, int] = field(default_factory=dict)
 
 
 async def apply_outcomes(
-    conn: Executor,
-    outcomes: Sequence[Outcome],
-    *,
-    lease: str | None = None,
-    signed: bytes | None = None,
-    attempt: AttemptRecord | None = None,
-    recipient_ids: Mapping[str, int] | None = None,
+    conn: Executor, outcomes: Sequence[Outcome], finishes: Sequence[SenderFinish] | None = None
 ) -> dict[UUID, int]:
-    """Message id → webhooks queued, for the messages that were still `attempted`. With `lease`
-    (Claimed.lease): still `sending` under that lease — one message finished by its sender, `signed` its
-    signed bytes (a sandbox message), `attempt` its last destination's attempt, stored here
-    instead of by record_destination (`recipient_ids`: address → recipient row)."""
+    """Message id → webhooks queued, for the messages that moved: still `attempted` or, with
+    `finishes` (one for each outcome, in order), still `sending` under their leases — each
+    finished by its sender, the finish's attempt stored here instead of by record_destination."""
     if not outcomes:
         return {}
-    if lease is not None and len(outcomes) != 1:
-        raise ValueError("a sender finishes one message at a time")
-    if (signed is not None or attempt is not None) and lease is None:
-        raise ValueError("signed bytes and an attempt belong to a message finished by its sender")
-    statuses = [(rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
+    if finishes is not None and len(finishes) != len(outcomes):
+        raise ValueError("one sender finish for each outcome")
+    statuses = [(o, rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
     replied: dict[int, tuple[int | None, str | None, str]] = {}
-    if attempt is not None:
-        ids = recipient_ids or {}
-        replied = {ids[address]: reply for address, reply in attempt.replies.items() if address in ids}
-    answered = [replied.get(rid) for rid, _ in statuses] if replied else []
-    a = attempt
+    attempts: list[dict[str, object]] = []
+    for outcome, finish in zip(outcomes, finishes or (), strict=False):
+        if (a := finish.attempt) is None:
+            continue
+        ids = finish.recipient_ids
+        replied.update({ids[address]: r for address, r in a.replies.items() if address in ids})
+        attempts.append(
+            {
+                "message_id": str(outcome.message_id),
+                "domain": a.domain,
+                "recipients": a.recipients,
+                "mx_host": a.mx_host,
+                "source_ip": a.source_ip,
+                "tls_version": a.tls_version,
+                "code": a.code,
+                "enhanced": a.enhanced,
+                "text": a.text,
+                "duration_ms": a.duration_ms,
+                "site": a.site,
+                "waited": a.waited,
+            }
+        )
+    answered = [replied.get(rid) for _, rid, _ in statuses] if replied else []
     suppress = [(o.message_id, address, why) for o in outcomes for address, why in o.suppress]
     rows = await conn.fetch(
-        _OUTCOMES_OF_ATTEMPTED if lease is None else _OUTCOMES_OF_SENDING,
+        _OUTCOMES_OF_ATTEMPTED if finishes is None else _OUTCOMES_OF_SENDING,
         [o.message_id for o in outcomes],
         [o.status for o in outcomes],
         [o.reason for o in outcomes],
         [o.next_attempt for o in outcomes],
-        [rid for rid, _ in statuses],
-        [st for _, st in statuses],
+        [rid for _, rid, _ in statuses],
+        [st for _, _, st in statuses],
         [m for m, _, _ in suppress],
         [a for _, a, _ in suppress],
         [w for _, _, w in suppress],
-        lease,
-        signed,
+        [f.lease for f in finishes] if finishes is not None else [],
+        [f.signed for f in finishes] if finishes is not None else [],
         [r is not None for r in answered],
         [r[0] if r else None for r in answered],
         [r[1] if r else None for r in answered],
         [r[2] if r else None for r in answered],
-        a.domain if a else None,
-        a.recipients if a else None,
-        a.mx_host if a else None,
-        a.source_ip if a else None,
-        a.tls_version if a else None,
-        a.code if a else None,
-        a.enhanced if a else None,
-        a.text if a else None,
-        a.duration_ms if a else None,
-        a.site if a else None,
-        a.waited if a else None,
+        attempts,
     )
     return {r["id"]: r["webhooks"] for r in rows}
 
@@ -936,6 +954,4 @@ async def warm_up(conn: Executor) -> None:
     )
     await conn.fetch(_ATTEMPTED_MANY, [])
     for outcomes in (_OUTCOMES_OF_ATTEMPTED, _OUTCOMES_OF_SENDING):
-        await conn.fetch(
-            outcomes, [], [], [], [], [], [], [], [], [], None, None, *([[]] * 4), *([None] * 11)
-        )
+        await conn.fetch(outcomes, *([[]] * 15), [])

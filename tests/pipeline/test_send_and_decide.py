@@ -13,6 +13,7 @@ from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, pipeline
+from remails.db.pipeline import SenderFinish
 from remails.events import DeliveryAttempted, EventType, make_event
 from remails.outcomes import RetryPolicy
 from remails.sending_domains import add_sending_domain
@@ -83,7 +84,7 @@ async def test_a_lease_is_its_claims_alone(pool: Pool, settings: Settings) -> No
         )
     ]
     stale = pipeline.Attempted(old.key, "sending", old.attempts, old.expires_at, rows, old.created_at)
-    assert await apply_decisions(pool, [stale], POLICY, lease=old.lease, attempt=reply) == []
+    assert await apply_decisions(pool, [stale], POLICY, [SenderFinish(old.lease, attempt=reply)]) == []
     assert await pool.fetchval("SELECT count(*) FROM attempts WHERE message_id = $1", message_id) == 0
     assert (
         await pool.fetchval("SELECT status::text FROM recipients WHERE message_id = $1", message_id)
@@ -205,11 +206,11 @@ async def test_the_sender_decides_its_own_attempt_from_the_claim_and_its_replies
         tuple(claimed.settled),
     )
 
-    assert await apply_decisions(pool, [attempted], POLICY, lease="node-b#1") == []  # not its lease
+    assert await apply_decisions(pool, [attempted], POLICY, [SenderFinish("node-b#1")]) == []  # not its lease
     assert await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", message_id) == "sending"
     assert await apply_decisions(pool, [attempted], POLICY) == []  # the retry function's form: not attempted
 
-    events = await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease)
+    events = await apply_decisions(pool, [attempted], POLICY, [SenderFinish(claimed.lease)])
     assert [(e["type"], e["msgid"]) for e in events] == [("message.bounced", str(message_id))]
     row = await one_row(
         pool,
@@ -225,7 +226,9 @@ async def test_the_sender_decides_its_own_attempt_from_the_claim_and_its_replies
     assert await pool.fetchval(
         "SELECT address FROM suppressions WHERE organization_id = $1", tenant.org_id
     ) == ("a@dest.test")
-    assert await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease) == []  # decided once
+    assert (
+        await apply_decisions(pool, [attempted], POLICY, [SenderFinish(claimed.lease)]) == []
+    )  # decided once
 
 
 async def test_a_deferred_recipient_beside_a_settled_one_defers_the_message(
@@ -247,7 +250,7 @@ async def test_a_deferred_recipient_beside_a_settled_one_defers_the_message(
     attempted = pipeline.Attempted(
         claimed.key, "sending", 1, claimed.expires_at, rows, claimed.created_at, tuple(claimed.settled)
     )
-    (event,) = await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease)
+    (event,) = await apply_decisions(pool, [attempted], POLICY, [SenderFinish(claimed.lease)])
     assert event["type"] == "message.deferred"
     row = await one_row(
         pool, "SELECT status::text, next_attempt_at, lease_owner FROM messages WHERE id = $1", message_id
@@ -279,10 +282,12 @@ async def test_the_deciding_statement_also_stores_the_last_destinations_attempt(
     ]
     attempted = pipeline.Attempted(claimed.key, "sending", 1, claimed.expires_at, rows, claimed.created_at)
 
-    assert await apply_decisions(pool, [attempted], POLICY, lease="node-b#1", attempt=attempt) == []
+    assert await apply_decisions(pool, [attempted], POLICY, [SenderFinish("node-b#1", attempt=attempt)]) == []
     assert await pool.fetchval("SELECT count(*) FROM attempts WHERE message_id = $1", message_id) == 0
 
-    (event,) = await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease, attempt=attempt)
+    (event,) = await apply_decisions(
+        pool, [attempted], POLICY, [SenderFinish(claimed.lease, attempt=attempt)]
+    )
     assert event["type"] == "message.delivered"
     stored = await one_row(
         pool,
@@ -312,6 +317,53 @@ async def test_the_deciding_statement_also_stores_the_last_destinations_attempt(
         1,
     )
     assert recipient["delivered_at"] is not None
+
+
+async def test_one_statement_decides_several_senders_attempts_each_under_its_own_lease(
+    pool: Pool, settings: Settings
+) -> None:
+    """Attempts that end together are decided together: each message moves only under its own
+    lease (one whose lease was lost stays put, the others still move), and each stores its own
+    attempt and replies — also when two messages have the same recipient address."""
+    tenant = await make_tenant(pool, settings, "acme.test")
+    replies = [(250, "2.0.0 one"), (550, "5.1.1 two unknown"), (250, "2.0.0 three")]
+    claims = []
+    for _ in replies:
+        claimed = await pipeline.claim_for_sending(
+            pool, await _routed(pool, tenant, ["a@dest.test"]), IP, NODE, 30
+        )
+        assert claimed is not None
+        claims.append(claimed)
+    messages, finishes = [], []
+    for claimed, (code, text) in zip(claims, replies, strict=True):
+        row = pipeline.RecipientRow(
+            claimed.recipient_ids["a@dest.test"], "a@dest.test", "dest.test", "pending", code, None, text
+        )
+        messages.append(
+            pipeline.Attempted(claimed.key, "sending", 1, claimed.expires_at, [row], claimed.created_at)
+        )
+        finishes.append(SenderFinish(claimed.lease, attempt=_reply("a@dest.test", code, text)))
+    lost = claims[2].key.id  # its lease went to another claim meanwhile
+    await pool.execute("UPDATE messages SET lease_owner = 'node-b#1' WHERE id = $1", lost)
+
+    events = await apply_decisions(pool, messages, POLICY, finishes)
+
+    assert sorted((e["msgid"], e["type"]) for e in events) == sorted(
+        [(str(claims[0].key.id), "message.delivered"), (str(claims[1].key.id), "message.bounced")]
+    )
+    for claimed, (code, text) in zip(claims[:2], replies[:2], strict=True):
+        recipient = await one_row(
+            pool,
+            "SELECT last_code, last_text, attempts FROM recipients WHERE message_id = $1",
+            claimed.key.id,
+        )
+        assert tuple(recipient) == (code, text, 1)
+        attempt = await one_row(pool, "SELECT code, text FROM attempts WHERE message_id = $1", claimed.key.id)
+        assert tuple(attempt) == (code, text)
+    held = await one_row(pool, "SELECT status::text, lease_owner FROM messages WHERE id = $1", lost)
+    assert tuple(held) == ("sending", "node-b#1")
+    assert await pool.fetchval("SELECT count(*) FROM attempts WHERE message_id = $1", lost) == 0
+    assert await pool.fetchval("SELECT attempts FROM recipients WHERE message_id = $1", lost) == 0
 
 
 async def test_the_claim_reads_the_signing_keys_of_the_senders_most_specific_own_domain(

@@ -13,6 +13,7 @@ from remails.config import Settings, load_settings
 from remails.context import Context
 from remails.crypto import load_master_key
 from remails.db import Pool, inbound, pipeline
+from remails.db.pipeline import SenderFinish
 from remails.events import DeliveryAttempted, EventType, MessageRouted, make_event
 from remails.outcomes import RetryPolicy
 from remails_functions import retry
@@ -108,7 +109,7 @@ async def test_a_recipient_settled_while_its_message_was_sending_keeps_its_statu
     attempted = pipeline.Attempted(
         claimed.key, "sending", claimed.attempts, claimed.expires_at, rows, claimed.created_at
     )
-    await apply_decisions(pool, [attempted], POLICY, lease=claimed.lease, attempt=attempt)
+    await apply_decisions(pool, [attempted], POLICY, [SenderFinish(claimed.lease, attempt=attempt)])
 
     assert await pool.fetchval("SELECT status::text FROM recipients WHERE id = $1", rid) == "complained"
 
