@@ -28,7 +28,7 @@ from cloudevents.http import CloudEvent
 from remails import metrics
 from remails.addresses import ascii_domain
 from remails.attempt_decision import apply_decisions
-from remails.batching import Batcher
+from remails.batching import Batcher, BatchFailed
 from remails.bus import Trigger
 from remails.context import Context
 from remails.db import egress, pipeline
@@ -326,9 +326,10 @@ class SenderNode:
         self._sending.discard(task)
         self._released(organization)
         self._unpark(organization)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
             # The database failed us: the lease runs out and the sweep re-drives the message.
-            log_event(logger, "sending failed", logging.ERROR, error=type(task.exception()).__name__)
+            error = exc.cause if isinstance(exc, BatchFailed) else type(exc).__name__
+            log_event(logger, "sending failed", logging.ERROR, error=error)
 
     async def _send(self, claimed: pipeline.Claimed, outbound_ip: str) -> None:
         message = claimed.key

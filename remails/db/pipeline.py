@@ -888,7 +888,7 @@ async def apply_outcomes(
         return {}
     if finishes is not None and len(finishes) != len(outcomes):
         raise ValueError("one sender finish for each outcome")
-    statuses = [(o, rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
+    statuses = [(rid, st) for o in outcomes for rid, st in o.recipient_statuses.items()]
     replied: dict[int, tuple[int | None, str | None, str]] = {}
     attempts: list[dict[str, object]] = []
     for outcome, finish in zip(outcomes, finishes or (), strict=False):
@@ -912,7 +912,7 @@ async def apply_outcomes(
                 "waited": a.waited,
             }
         )
-    answered = [replied.get(rid) for _, rid, _ in statuses] if replied else []
+    answered = [replied.get(rid) for rid, _ in statuses] if replied else []
     suppress = [(o.message_id, address, why) for o in outcomes for address, why in o.suppress]
     rows = await conn.fetch(
         _OUTCOMES_OF_ATTEMPTED if finishes is None else _OUTCOMES_OF_SENDING,
@@ -920,8 +920,8 @@ async def apply_outcomes(
         [o.status for o in outcomes],
         [o.reason for o in outcomes],
         [o.next_attempt for o in outcomes],
-        [rid for _, rid, _ in statuses],
-        [st for _, _, st in statuses],
+        [rid for rid, _ in statuses],
+        [st for _, st in statuses],
         [m for m, _, _ in suppress],
         [a for _, a, _ in suppress],
         [w for _, _, w in suppress],
