@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from aiosmtplib import SMTPSenderRefused
 from cloudevents.http import CloudEvent
 
 from remails.db import Pool, credentials
@@ -80,10 +81,18 @@ async def test_concurrent_sessions_at_the_last_units_of_quota_admit_exactly_the_
     assert runtime.db is not None
     pool = runtime.db.pool
     await pool.execute("UPDATE organizations SET quota_used = 20 WHERE id = $1", tenant.org_id)
-    ids = await asyncio.gather(
-        *(world.submit(runtime, tenant, [f"r{i}@dest.test"], subject=f"n{i}") for i in range(30))
+    results = await asyncio.gather(
+        *(world.submit(runtime, tenant, [f"r{i}@dest.test"], subject=f"n{i}") for i in range(30)),
+        return_exceptions=True,
     )
-    assert len(set(ids)) == 30
+    # The edge's quota check reads facts at most FACTS_SECONDS old: a session that starts after
+    # they were refreshed with the quota counted may be refused early, and only with 452 4.5.3.
+    ids = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert all(
+        isinstance(r, SMTPSenderRefused) and (r.code, r.message[:5]) == (452, "4.5.3") for r in refused
+    )
+    assert len(set(ids)) == len(ids) >= 5
 
     async def settled() -> bool:
         rows = await pool.fetch("SELECT status::text FROM messages WHERE organization_id = $1", tenant.org_id)
@@ -95,5 +104,5 @@ async def test_concurrent_sessions_at_the_last_units_of_quota_admit_exactly_the_
         "SELECT status::text, count(*) FROM messages WHERE organization_id = $1 GROUP BY 1",
         tenant.org_id,
     )
-    assert counts == {"delivered": 5, "held": 25}
+    assert counts == {"delivered": 5, "held": len(ids) - 5}
     assert await pool.fetchval("SELECT quota_used FROM organizations WHERE id = $1", tenant.org_id) == 25
