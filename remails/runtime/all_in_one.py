@@ -116,6 +116,9 @@ async def run_all_in_one(settings: Settings) -> None:
     if settings.workers > 1 and settings.worker_index is None:
         await supervise_workers(settings)
         return
+    # Before anything listens: a SIGTERM that follows the first answered /readyz stops us cleanly
+    # (it would otherwise kill the process with the default handler, PostgreSQL left running).
+    stop = stop_event()
     runtime = Runtime(settings)
     await runtime.start()
     db, edge, api = runtime.db, runtime.edge, runtime.api
@@ -133,7 +136,6 @@ async def run_all_in_one(settings: Settings) -> None:
         show_token(settings, runtime.new_admin_token)
         listening = Listening(edge.submission_address, edge.tls_address, edge.mx_address, api.address)
         print(welcome(settings, listening), file=sys.stderr, flush=True)
-    stop = stop_event()
     if watch is not None:
         watch.add_done_callback(lambda _: stop.set())
     try:
