@@ -69,6 +69,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU of a process, its reaped children (cutime/cstime) and its live descendants."""
     try:
@@ -372,8 +379,14 @@ class Remails:
         return total + (tree_cpu_seconds(pg) if pg else 0.0)
 
     def kill(self) -> None:
+        """SIGKILL `remails up` and every process under it at once (its workers would otherwise
+        get SIGTERM from their parent's death and stop cleanly): a crash, nothing flushed."""
         if self.process is not None and self.process.poll() is None:
+            tree = descendants(self.process.pid)
             self.process.send_signal(signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.wait(10)
 
     def stop(self) -> None:

@@ -39,6 +39,7 @@ from remails.dkim_rotation import prepare_rotation, start_prepared
 from remails.dns import DnsFailure, make_resolver
 from remails.errors import RemailsError, UnsafeTarget
 from remails.message_view import HEARTBEATS_TO_BE_LIVE, explain, with_suppressions
+from remails.runtime.readiness import report_failure
 from remails.sending_domains import (
     check_sending_domain,
     domain_view,
@@ -700,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str, as_json: bool) -> None:
+    if report_failure(message):  # a worker of `remails up`: its supervisor prints it, last
+        return
     if as_json:
         print(json.dumps({"error": message}))
     else:

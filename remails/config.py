@@ -7,6 +7,7 @@ The README's settings table documents each field; keep the two in step.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -88,6 +89,13 @@ class Settings(BaseSettings):
     tick_seconds: float = Field(default=10.0, gt=0)
     workers: int = Field(default=1, ge=1, le=64)
     worker_index: int | None = Field(default=None, ge=0)  # set by `remails up` in its workers
+    # The sender node in a process of its own, linked to the one that accepts and routes: a
+    # second core for Python. Unset: on when this process may run on two CPUs or more. The
+    # role and the link are set by `remails up` in its workers.
+    sender_process: bool | None = None
+    worker_role: Literal["all", "front", "sender"] = "all"
+    database_embedded: bool = False  # in a worker: the supervisor's URL is its embedded server
+    sender_link: str | None = None
     db_pool_size: int = Field(default=10, ge=2, le=200)
     db_pipeline_pool_size: int = Field(default=20, ge=2, le=200)
     bus_workers: int = Field(default=32, ge=1, le=1024)
@@ -291,6 +299,12 @@ class Settings(BaseSettings):
     @property
     def effective_reports_domain(self) -> str:
         return (self.reports_domain or self.hostname).lower().rstrip(".")
+
+    @property
+    def uses_sender_process(self) -> bool:
+        if self.sender_process is not None:
+            return self.sender_process
+        return self.workers == 1 and len(os.sched_getaffinity(0)) >= 2
 
     @property
     def effective_node_name(self) -> str:

@@ -97,8 +97,18 @@ class HttpServer:
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit as exc:
+            # uvicorn exits on a bind error: raise the OSError instead, an ordinary failure
+            # (a SystemExit in a task would end the event loop before anything is closed).
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
+        self._task = asyncio.create_task(self._serve())
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises the bind error

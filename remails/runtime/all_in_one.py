@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 
 from remails import metrics
 from remails.admin_token import ensure_admin_token
+from remails.bus import Trigger
 from remails.bus.inprocess import InProcessBus
+from remails.bus.link import LinkEnd, serve_link
 from remails.config import Settings
 from remails.context import Context
 from remails.crypto import load_master_key
@@ -23,6 +25,8 @@ from remails.http_server import HttpServer
 from remails.log import configure_logging, log_event
 from remails.runtime.banner import Listening, show_token, welcome
 from remails.runtime.lifecycle import exit_if_lost, pipeline_pools, stop_event, watch_embedded
+from remails.runtime.readiness import report_ready
+from remails.runtime.sender_worker import run_sender_worker
 from remails.runtime.supervisor import supervise_workers
 from remails.runtime.wiring import function_triggers
 from remails_functions.api import create_app
@@ -32,6 +36,8 @@ from remails_smtp_edge.server import EdgeServer
 __all__ = ["Runtime", "run_all_in_one"]
 
 logger = logging.getLogger("remails.runtime")
+
+SENDER_LINK_WAIT_SECONDS = 60.0  # for the sender process to start and connect
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Runtime:
     sender: SenderNode | None = None
     api: HttpServer | None = None
     new_admin_token: str | None = None
+    link: LinkEnd | None = None  # to the sender process, when it has one
+    _link_server: asyncio.AbstractServer | None = None
     _ticker: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -67,11 +75,14 @@ class Runtime:
         self.ctx = ctx
         for trigger in function_triggers(ctx):
             self.bus.subscribe(trigger)
-        self.sender = SenderNode(ctx, decides=True)  # retry shares this process
-        for trigger in self.sender.triggers():
-            self.bus.subscribe(trigger)
-        self.bus.start()
-        await self.sender.start()
+        if self.settings.worker_role == "front":
+            await self._link_sender_process()
+        else:
+            self.sender = SenderNode(ctx, decides=True)  # retry shares this process
+            for trigger in self.sender.triggers():
+                self.bus.subscribe(trigger)
+            self.bus.start()
+            await self.sender.start()
         self.edge = EdgeServer(ctx)
         await self.edge.start()
         self.new_admin_token = await ensure_admin_token(ctx.pool, self.settings.data_dir)
@@ -86,6 +97,30 @@ class Runtime:
             )
             await self.api.start()
         self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def _link_sender_process(self) -> None:
+        """The sender node runs in the sender process: message.routed goes to it over the link,
+        and the edge opens once it is linked (its node registered, so intake routes to it)."""
+        path = self.settings.sender_link
+        if path is None:
+            raise SetupError("REMAILS_SENDER_LINK: the front process needs the sender process's link")
+        self.link = LinkEnd(self.bus.publish)
+        self.bus.subscribe(
+            Trigger(
+                "sender-process",
+                [{"exact": {"type": EventType.MESSAGE_ROUTED.value}}],
+                self.link.publish_single,
+                self.link.publish_batch,
+            )
+        )
+        self.bus.start()
+        self._link_server = await serve_link(path, self.link)
+        try:
+            await asyncio.wait_for(self.link.connected.wait(), SENDER_LINK_WAIT_SECONDS)
+        except TimeoutError:
+            raise SetupError(
+                f"the sender process did not connect within {SENDER_LINK_WAIT_SECONDS:.0f} s"
+            ) from None
 
     async def tick(self) -> None:
         await self.bus.publish(make_event(EventType.TICK, Tick(at=datetime.now(UTC))))
@@ -106,6 +141,10 @@ class Runtime:
             await self.edge.stop()
         if self.sender is not None:
             await self.sender.stop()
+        if self._link_server is not None:
+            self._link_server.close()
+        if self.link is not None:
+            await self.link.close()
         await self.bus.stop()
         if self.db is not None:
             await self.db.close()
@@ -113,14 +152,21 @@ class Runtime:
 
 async def run_all_in_one(settings: Settings) -> None:
     configure_logging()
-    if settings.workers > 1 and settings.worker_index is None:
+    if (settings.workers > 1 or settings.uses_sender_process) and settings.worker_index is None:
         await supervise_workers(settings)
+        return
+    if settings.worker_role == "sender":
+        await run_sender_worker(settings)
         return
     # Before anything listens: a SIGTERM that follows the first answered /readyz stops us cleanly
     # (it would otherwise kill the process with the default handler, PostgreSQL left running).
     stop = stop_event()
     runtime = Runtime(settings)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except BaseException:
+        await runtime.stop()  # what had started (the link to the sender process, pools)
+        raise
     db, edge, api = runtime.db, runtime.edge, runtime.api
     if db is None or edge is None:
         raise SetupError("the runtime started without its database or its SMTP edge")
@@ -136,6 +182,7 @@ async def run_all_in_one(settings: Settings) -> None:
         show_token(settings, runtime.new_admin_token)
         listening = Listening(edge.submission_address, edge.tls_address, edge.mx_address, api.address)
         print(welcome(settings, listening), file=sys.stderr, flush=True)
+    report_ready()  # to the supervisor, when this is one of its workers
     if watch is not None:
         watch.add_done_callback(lambda _: stop.set())
     try:

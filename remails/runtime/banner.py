@@ -30,7 +30,7 @@ def welcome(settings: Settings, listening: Listening) -> str:
     tls_host, tls_port = listening.tls
     mx_host, mx_port = listening.mx
     database = (
-        settings.database_url and "REMAILS_DATABASE_URL"
+        settings.database_url and not settings.database_embedded and "REMAILS_DATABASE_URL"
     ) or f"embedded, {(settings.data_dir / 'postgres').resolve()}"
     cli = how_to_run(sys.argv[0], shutil.which("remails"), Path.cwd())
     return "\n".join(

@@ -25,6 +25,7 @@ from tests.factories import Tenant, make_tenant
 from tests.smtp.conftest import tls_files
 from tests.support.db import one_row
 from tests.support.dnsserver import LocalDns
+from tests.support.processes import kill_tree
 from tests.support.sink import Sink, free_port, sink_server_tls
 from tests.support.wait import wait_until
 
@@ -128,8 +129,8 @@ class World:
         return spawned
 
     async def crash(self, spawned: Spawned) -> None:
-        """SIGKILL a `remails up` process: nothing is finished, flushed or closed."""
-        spawned.process.kill()
+        """SIGKILL a `remails up` and its workers: nothing is finished, flushed or closed."""
+        kill_tree(spawned.process.pid)
         assert await asyncio.wait_for(spawned.process.wait(), 10) == -signal.SIGKILL
 
     async def tenant(self, runtime: Runtime | Spawned, domain: str, *, quota: int | None = None) -> Tenant:

@@ -15,6 +15,7 @@ from typing import IO
 import asyncpg
 
 from tests.e2e.conftest import World, message_status
+from tests.support.processes import kill_tree
 from tests.support.sink import free_port
 from tests.support.wait import wait_until
 
@@ -67,7 +68,7 @@ async def test_killed_mid_delivery_then_restarted_delivers_exactly_once(world: W
         message_id = await world.submit(submission, tenant, ["user@dest.test"], subject="once")
 
         await asyncio.wait_for(sink.handler.data_started.wait(), 30)
-        process.send_signal(signal.SIGKILL)
+        kill_tree(process.pid)  # `remails up` and its workers
         assert await asyncio.to_thread(process.wait, 10) == -signal.SIGKILL  # mid-delivery
         assert not sink.received
         sink.handler.delay = 0.0

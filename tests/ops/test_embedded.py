@@ -53,13 +53,14 @@ async def stop(up: Up) -> int:
     return await asyncio.wait_for(up.process.wait(), 60)
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(("workers", "sender_process"), [("1", "false"), ("1", "true"), ("2", "false")])
 async def test_a_killed_embedded_postgres_is_started_again(
-    tmp_path: Path, ca: trustme.CA, workers: str
+    tmp_path: Path, ca: trustme.CA, workers: str, sender_process: str
 ) -> None:
-    """With workers the supervisor owns the server; the workers' pools reconnect."""
+    """One process owns the server; with workers (or a sender process) the supervisor does,
+    and the workers' pools reconnect."""
     pgdata = tmp_path / "data" / "postgres"
-    env = embedded_env(tmp_path, ca, REMAILS_WORKERS=workers)
+    env = embedded_env(tmp_path, ca, REMAILS_WORKERS=workers, REMAILS_SENDER_PROCESS=sender_process)
     async with remails_up(env, tmp_path / "up.log") as up:
         first = postmaster_pid(pgdata)
         assert alive(first)
