@@ -22,7 +22,7 @@ from bench.harness import (
     Remails,
     Sink,
     SmtpSink,
-    children,
+    descendants,
     ensure_debian_tools,
     free_port,
     latencies_ms,
@@ -84,7 +84,11 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         workdir,
         dns,
         sink.port,
-        extra_env={**_retry_env(args), "REMAILS_WORKERS": str(args.workers)},
+        extra_env={
+            **_retry_env(args),
+            "REMAILS_WORKERS": str(args.workers),
+            **({"REMAILS_SENDER_PROCESS": args.sender_process} if args.sender_process else {}),
+        },
         database=database,
     )
     try:
@@ -98,7 +102,7 @@ def run_remails(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         e2e_s = time.monotonic() - started if waited is not None else None
         cpu = remails.cpu_seconds() - cpu_before
         pid = remails.process.pid if remails.process is not None else None
-        rss = sum(peak_rss_mb(p) for p in [pid, *children(pid)]) if pid is not None else 0.0
+        rss = sum(peak_rss_mb(p) for p in [pid, *descendants(pid)]) if pid is not None else 0.0
         deadline = time.monotonic() + 30
         lat = latencies_ms(remails.dsn)
         while len(lat) < min(args.messages, sink.count()) and time.monotonic() < deadline:
@@ -165,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         "--bound", type=float, default=600.0, help="give up on a phase after this many seconds"
     )
     parser.add_argument("--workers", type=int, default=1, help="REMAILS_WORKERS for remails up")
+    parser.add_argument(
+        "--sender-process",
+        choices=["true", "false"],
+        default=None,
+        help="REMAILS_SENDER_PROCESS for remails up (default: unset, its own choice)",
+    )
     parser.add_argument(
         "--database",
         choices=["embedded", "server"],
