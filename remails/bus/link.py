@@ -43,7 +43,10 @@ def decode_event(line: bytes) -> CloudEvent:
     entry = json.loads(line)
     if not isinstance(entry, dict) or not isinstance(entry.get("a"), dict):
         raise ValueError("not an event line")
-    return CloudEvent(entry["a"], entry.get("d"))
+    try:
+        return CloudEvent(entry["a"], entry.get("d"))
+    except Exception as exc:  # the SDK's own errors (a required attribute missing, say)
+        raise ValueError(f"not an event: {exc}") from exc
 
 
 class LinkEnd:

@@ -34,7 +34,7 @@ def test_an_event_line_keeps_its_id_time_extensions_and_data() -> None:
 
 
 def test_a_line_that_is_not_an_event_is_refused() -> None:
-    for line in (b"[1, 2]\n", b'{"d": {}}\n', b"not json\n"):
+    for line in (b"[1, 2]\n", b'{"d": {}}\n', b"not json\n", b'{"a": {"id": "1"}, "d": null}\n'):
         with pytest.raises(ValueError):
             decode_event(line)
 
