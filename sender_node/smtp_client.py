@@ -5,25 +5,32 @@ is one, and record every recipient's reply."""
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import re
 import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
 
 from remails.db.pipeline import AttemptRecord
 from remails.outcomes import split_enhanced
 from remails_sender_node.connections import CachedConnection
 from remails_sender_node.mx import MxHost
 from remails_sender_node.payload import Payload
+from remails_sender_node.pipelining import exchange, message_data
 from remails_sender_node.site_queue import Ticket
-from remails_sender_node.transaction_plan import mail_options, plan_transaction
+from remails_sender_node.transaction_plan import Plan, mail_options, plan_transaction
 
 __all__ = ["Envelope", "TlsPolicy", "contained", "deliver", "failed_attempt"]
 
 Reply = tuple[int | None, str | None, str]
+
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+DEFAULT_STEP_TIMEOUT = 60.0  # when the client has none set
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,8 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[dic
         return replies, next(iter(replies.values()))
     data = await payload.data(seven_bit=plan.seven_bit)
     encoding = "utf-8" if plan.smtputf8 else "ascii"
+    if "pipelining" in offers:
+        return await _pipelined_transaction(client, plan, data, encoding, offers, replies)
     try:
         sender = b"FROM:<" + plan.mail_from.encode(encoding) + b">"
         refusal = await _command(client, b"MAIL", sender, *mail_options(plan, len(data), offers))
@@ -207,6 +216,65 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[dic
     for rcpt in accepted:
         replies[rcpt] = final
     return replies, final
+
+
+def _command_line(verb: bytes, argument: bytes, *options: str) -> bytes:
+    line = b" ".join((verb, argument, *(o.encode("ascii") for o in options)))
+    if _CONTROL.search(line):  # never a second command inside an address
+        raise ValueError("a command argument holds a control character")
+    return line + b"\r\n"
+
+
+async def _pipelined_transaction(
+    client: aiosmtplib.SMTP,
+    plan: Plan,
+    data: bytes,
+    encoding: str,
+    offers: set[str],
+    replies: dict[str, Reply],
+) -> tuple[dict[str, Reply], Reply]:
+    """The transaction of `_transaction` with PIPELINING (RFC 2920): MAIL, the RCPTs and DATA
+    in one write; the message follows a 354, or a lone dot when no recipient was taken."""
+    sender = b"FROM:<" + plan.mail_from.encode(encoding) + b">"
+    block = [_command_line(b"MAIL", sender, *mail_options(plan, len(data), offers))]
+    block += [_command_line(b"RCPT", b"TO:<" + w.encode(encoding) + b">") for w in plan.recipients.values()]
+    block.append(b"DATA\r\n")
+    step = client.timeout or DEFAULT_STEP_TIMEOUT
+    try:
+        mail, *rcpts, start = await exchange(client, b"".join(block), len(block), step)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+        raise _LostBeforeData(str(exc)) from exc
+    if mail.code not in (250, 251):
+        refusal = _reply(mail.code, mail.message)
+        await _end_data(client, start, step)
+        return {**replies, **{r: refusal for r in plan.recipients}}, refusal
+    accepted = []
+    for address, reply in zip(plan.recipients, rcpts, strict=True):
+        if reply.code in (250, 251):
+            accepted.append(address)
+        else:
+            replies[address] = _reply(reply.code, reply.message)
+    if not accepted:
+        await _end_data(client, start, step)
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # the refusals stand
+            await client.rset()
+        return replies, next(iter(replies.values()))
+    if start.code != 354:
+        final = _reply(start.code, start.message)
+    else:
+        (done,) = await exchange(client, message_data(data), 1, step)
+        final = _reply(done.code, done.message)
+    for rcpt in accepted:
+        replies[rcpt] = final
+    return replies, final
+
+
+async def _end_data(client: aiosmtplib.SMTP, start: SMTPResponse, reply_seconds: float) -> None:
+    """DATA was pipelined behind a refused MAIL or RCPTs: a server that still answered 354
+    gets a lone dot, so that no message goes out (RFC 2920, 3.1)."""
+    if start.code == 354:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # the refusal stands
+            await exchange(client, b".\r\n", 1, reply_seconds)
 
 
 async def deliver(
