@@ -80,11 +80,8 @@ class LinkEnd:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        writer = self._writer
-        if writer is None or not self._pending or writer.is_closing():
-            return
-        writer.write(b"".join(self._pending))
-        self._pending.clear()
+        if self._writer is not None:
+            self._flush_to(self._writer)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Carry events over one connection until it breaks; the newest connection wins."""

@@ -24,7 +24,13 @@ from remails.events import EventType, Tick, make_event
 from remails.http_server import HttpServer
 from remails.log import configure_logging, log_event
 from remails.runtime.banner import Listening, show_token, welcome
-from remails.runtime.lifecycle import exit_if_lost, pipeline_pools, stop_event, watch_embedded
+from remails.runtime.lifecycle import (
+    exit_if_lost,
+    in_process_bus,
+    pipeline_pools,
+    stop_event,
+    watch_embedded,
+)
 from remails.runtime.readiness import report_ready
 from remails.runtime.sender_worker import run_sender_worker
 from remails.runtime.supervisor import supervise_workers
@@ -57,13 +63,7 @@ class Runtime:
     _ticker: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.bus = InProcessBus(
-            workers=self.settings.bus_workers,
-            queue_size=self.settings.bus_queue_size,
-            dead_letters_kept=self.settings.bus_dead_letters_kept,
-            batch_max=self.settings.bus_batch_max,
-            batch_wait=self.settings.bus_batch_wait_seconds,
-        )
+        self.bus = in_process_bus(self.settings)
 
     async def start(self) -> None:
         size = self.settings.db_pool_size

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from remails.bus.inprocess import InProcessBus
 from remails.config import Settings
 from remails.db import Database, Pool
 from remails.db.embedded import EmbeddedPostgresLost, supervise
 
-__all__ = ["exit_if_lost", "pipeline_pools", "stop_event", "watch_embedded"]
+__all__ = ["exit_if_lost", "in_process_bus", "pipeline_pools", "stop_event", "watch_embedded"]
 
 
 def stop_event() -> asyncio.Event:
@@ -41,3 +42,13 @@ def exit_if_lost(watch: asyncio.Task[None] | None) -> None:
 
 def pipeline_pools(db: Database) -> dict[str, Pool]:
     return {"pipeline": db.pipeline_pool} if db.pipeline_pool is not None else {}
+
+
+def in_process_bus(settings: Settings) -> InProcessBus:
+    return InProcessBus(
+        workers=settings.bus_workers,
+        queue_size=settings.bus_queue_size,
+        dead_letters_kept=settings.bus_dead_letters_kept,
+        batch_max=settings.bus_batch_max,
+        batch_wait=settings.bus_batch_wait_seconds,
+    )

@@ -13,7 +13,6 @@ import contextlib
 import logging
 
 from remails import metrics
-from remails.bus.inprocess import InProcessBus
 from remails.bus.link import LinkEnd, connect_link
 from remails.config import Settings
 from remails.context import Context
@@ -21,7 +20,7 @@ from remails.crypto import load_master_key
 from remails.db import connect
 from remails.errors import ConfigError
 from remails.log import log_event
-from remails.runtime.lifecycle import pipeline_pools, stop_event
+from remails.runtime.lifecycle import in_process_bus, pipeline_pools, stop_event
 from remails.runtime.readiness import report_ready
 from remails_sender_node.agent import SenderNode
 
@@ -34,13 +33,7 @@ async def run_sender_worker(settings: Settings) -> None:
     if settings.sender_link is None or settings.database_url is None:
         raise ConfigError("the sender process is started by `remails up` (REMAILS_SENDER_LINK)")
     stop = stop_event()
-    bus = InProcessBus(
-        workers=settings.bus_workers,
-        queue_size=settings.bus_queue_size,
-        dead_letters_kept=settings.bus_dead_letters_kept,
-        batch_max=settings.bus_batch_max,
-        batch_wait=settings.bus_batch_wait_seconds,
-    )
+    bus = in_process_bus(settings)
     link = LinkEnd(bus.publish)  # the front's events to this bus; ours to the front
     db = await connect(settings, max_size=4, run_migrations=False)  # the supervisor migrated
     pipeline_pool = await db.open_pipeline_pool(max_size=settings.db_pipeline_pool_size)

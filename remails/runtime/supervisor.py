@@ -36,9 +36,10 @@ def _die_with_parent() -> None:
 
 
 async def supervise_workers(settings: Settings) -> None:
-    """`remails up` with REMAILS_WORKERS=N: this process owns the database (embedded when no
-    URL is set), runs the migrations, and keeps N worker processes running. Each worker is a
-    whole runtime on the shared database — SMTP listeners shared with SO_REUSEPORT, its own
+    """`remails up` with REMAILS_WORKERS=N or a sender process: this process owns the database
+    (embedded when no URL is set), runs the migrations and keeps the worker processes running.
+    With a sender process they are a front and the sender, joined by their link; otherwise each
+    is a whole runtime on the shared database — SMTP listeners shared with SO_REUSEPORT, its own
     in-process bus, its own sender node name — so one message stays in one worker from accept
     to delivery, and the sweep covers any worker that dies. Worker 0 also serves the API."""
     if settings.uses_sender_process and settings.workers > 1:

@@ -8,30 +8,13 @@ import asyncio
 import os
 import signal
 from collections.abc import Awaitable
-from pathlib import Path
 
 from remails.db import Pool
 from tests.e2e.conftest import World
+from tests.support.processes import worker_pids
 from tests.support.wait import wait_until
 
 NODE = "mx.remails.test"
-
-
-def _worker_pids(supervisor: int, role: str) -> list[int]:
-    """The supervisor's children started with REMAILS_WORKER_ROLE=`role`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if parent == supervisor and f"REMAILS_WORKER_ROLE={role}".encode() in environ:
-            found.append(int(entry.name))
-    return found
 
 
 async def _delivered(pool: Pool) -> int:
@@ -51,8 +34,8 @@ async def test_the_sender_process_delivers_what_the_front_accepted(world: World)
     nodes = {r["name"] for r in await pool.fetch("SELECT name FROM sender_nodes")}
     assert NODE in nodes and f"{NODE}-front" not in nodes  # the front runs no sender node
     assert await pool.fetchval("SELECT count(*) FROM attempts") == 8
-    assert len(_worker_pids(up.process.pid, "sender")) == 1
-    assert len(_worker_pids(up.process.pid, "front")) == 1
+    assert len(worker_pids(up.process.pid, "sender")) == 1
+    assert len(worker_pids(up.process.pid, "front")) == 1
     up.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(up.process.wait(), 30) == 0
 
@@ -64,13 +47,13 @@ async def test_a_killed_sender_process_is_started_again_and_nothing_is_lost(worl
     tenant = await world.tenant(up, "example.test")
     for i in range(6):
         await world.submit(up, tenant, [f"a{i}@dest.test"], subject=f"a{i}")
-    (first,) = _worker_pids(up.process.pid, "sender")
+    (first,) = worker_pids(up.process.pid, "sender")
     os.kill(first, signal.SIGKILL)
     # Accepted while there is no sender process: routed (its node still looks live), and
     # claimed by the next one, which also takes back what the killed one held.
     for i in range(6):
         await world.submit(up, tenant, [f"b{i}@dest.test"], subject=f"b{i}")
-    await wait_until(lambda: _worker_pids(up.process.pid, "sender") not in ([], [first]), bound=30)
+    await wait_until(lambda: worker_pids(up.process.pid, "sender") not in ([], [first]), bound=30)
     sink.handler.delay = 0.0
     expected = {f"{p}{i}@dest.test" for p in "ab" for i in range(6)}
     await wait_until(lambda: {r.rcpt_tos[0] for r in sink.received} == expected, bound=60)

@@ -13,15 +13,31 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process under `pid` (the embedded PostgreSQL is not: it detaches)."""
-    children = []
+def children(pid: int) -> list[int]:
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if _parent(int(entry.name)) == pid:
-                    children.append(int(entry.name))
-    return [p for child in children for p in (child, *descendants(child))]
+                    found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (the embedded PostgreSQL is not: it detaches)."""
+    return [p for child in children(pid) for p in (child, *descendants(child))]
+
+
+def worker_pids(supervisor: int, role: str) -> list[int]:
+    """The supervisor's workers started with REMAILS_WORKER_ROLE=`role`."""
+    found = []
+    for pid in children(supervisor):
+        with contextlib.suppress(OSError):
+            if f"REMAILS_WORKER_ROLE={role}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(
+                b"\0"
+            ):
+                found.append(pid)
+    return found
 
 
 def kill_tree(pid: int) -> None:
