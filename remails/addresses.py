@@ -91,6 +91,18 @@ def ascii_domain(domain: str) -> str | None:
     return result
 
 
+def _looks_like_ip(domain: str) -> bool:
+    # Only digits and dots (IPv4) or a colon (IPv6) can parse as an address: the parse, and the
+    # exception it raises for every ordinary domain, only for those.
+    if ":" not in domain and not domain.replace(".", "").isdigit():
+        return False
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_mailbox(text: str) -> Mailbox | None:
     """`text` as exactly one bare address (no brackets, comments, display name or list), or
     None. UTF-8 is allowed in the local part and the domain (RFC 6531)."""
@@ -107,11 +119,8 @@ def parse_mailbox(text: str) -> Mailbox | None:
         return None
     if domain.startswith("["):
         return None
-    try:
-        ipaddress.ip_address(domain)
+    if _looks_like_ip(domain):
         return None  # a bare IP is no domain
-    except ValueError:
-        pass
     domain_ascii = ascii_domain(domain)
     if domain_ascii is None:
         return None

@@ -3,6 +3,7 @@ null MX (RFC 7505), and the addresses of each host in the egress source's family
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import time
@@ -110,6 +111,12 @@ class DestinationCache:
         return fresh
 
 
+@functools.lru_cache(maxsize=256)
+def _ip_version(source_ip: str) -> int:
+    """4 or 6; the node's few source addresses are parsed once."""
+    return ipaddress.ip_address(source_ip).version
+
+
 async def resolve_destination(
     resolver: dns.asyncresolver.Resolver,
     domain: str,
@@ -118,7 +125,7 @@ async def resolve_destination(
     cache: DestinationCache | None = None,
 ) -> list[MxHost]:
     """The MX hosts to try, in order, each with its addresses reachable from `source_ip`."""
-    family = ipaddress.ip_address(source_ip).version
+    family = _ip_version(source_ip)
     found = await (cache.get(resolver, domain, family) if cache else _resolve(resolver, domain, family))
     hosts = order_mx(found.records, rng)
     resolved = [MxHost(h, found.addresses.get(h, [])) for h in hosts]

@@ -41,7 +41,7 @@ def check_recipient_count(already: int, limit: int) -> Refusal | None:
 def trusted_project(peer_ip: str, networks: Mapping[str, str]) -> str | None:
     """The project a client in a trusted network submits as, or None."""
     try:
-        ip = ipaddress.ip_address(peer_ip)
+        ip = _address(peer_ip)
     except ValueError:
         return None
     for cidr, project in networks.items():
@@ -50,5 +50,6 @@ def trusted_project(peer_ip: str, networks: Mapping[str, str]) -> str | None:
     return None
 
 
-# The same few networks on every connection: parsed once.
+# The same few networks on every connection, and mostly the same few clients: parsed once.
 _network = functools.lru_cache(maxsize=256)(ipaddress.ip_network)
+_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
