@@ -30,6 +30,9 @@ async def test_relay_runs_remails_and_postfix_side_by_side() -> None:
         for key in ("accept_per_s", "e2e_per_s", "p50_ms", "p99_ms", "cpu_s", "peak_rss_mb"):
             assert figures[side][key] > 0, (side, key, figures)
     assert figures["ratio_e2e"] > 0
+    # Two rounds a side by default, in alternating order; each round's rate is reported.
+    assert len(figures["rounds_e2e_per_s"]) == 2, figures
+    assert all(r["remails"] > 0 and r["postfix"] > 0 for r in figures["rounds_e2e_per_s"]), figures
 
 
 async def test_relay_runs_remails_on_a_postgresql_server_of_its_own(tmp_path: Path) -> None:
@@ -45,6 +48,8 @@ async def test_relay_runs_remails_on_a_postgresql_server_of_its_own(tmp_path: Pa
         "30",
         "--concurrency",
         "3",
+        "--rounds",
+        "1",
         "--keep",
         "--json",
     )
@@ -52,10 +57,11 @@ async def test_relay_runs_remails_on_a_postgresql_server_of_its_own(tmp_path: Pa
     assert json.loads(result.stdout)["remails"]["delivered"] == 30
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("work directory: ")]
     workdir = Path(line.removeprefix("work directory: "))
+    run = workdir / "remails-1"  # the first (only) round's directory
     try:
-        assert (workdir / "pg-server" / "PG_VERSION").exists()
-        assert not (workdir / "remails-data" / "postgres").exists()
-        assert "127.0.0.1" in (workdir / "pg-server" / "postmaster.opts").read_text()
+        assert (run / "pg-server" / "PG_VERSION").exists()
+        assert not (run / "remails-data" / "postgres").exists()
+        assert "127.0.0.1" in (run / "pg-server" / "postmaster.opts").read_text()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import aiosmtplib
 import pytest
 
@@ -45,3 +48,21 @@ def test_an_endless_reply_is_refused() -> None:
 def test_message_data_doubles_leading_dots_ends_lines_and_adds_the_final_dot() -> None:
     assert message_data(b"a\r\n.b\r\n..c\nd") == b"a\r\n..b\r\n...c\r\nd\r\n.\r\n"
     assert message_data(b".\r\n") == b"..\r\n.\r\n"
+
+
+def test_message_data_is_the_rfc_5321_transparency_of_any_line_endings() -> None:
+    # The reference: every CR, LF or CRLF one CRLF, then a dot doubled at the start of each line.
+    def reference(message: bytes) -> bytes:
+        lines = re.sub(rb"\r\n|\n|\r", b"\n", message).split(b"\n")
+        lines.pop()  # after the last line end, or the unended last line (which gets one)
+        if not message.endswith((b"\n", b"\r")):
+            lines.append(re.split(rb"\r\n|\n|\r", message)[-1])
+        return (
+            b"".join(b"." + line + b"\r\n" if line.startswith(b".") else line + b"\r\n" for line in lines)
+            + b".\r\n"
+        )
+
+    rng = random.Random(5321)
+    for _ in range(2000):
+        message = bytes(rng.choice(b".\r\na ") for _ in range(rng.randrange(0, 12)))
+        assert message_data(message) == reference(message), message
