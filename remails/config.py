@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # Where users reach the dashboard, for the links in mails (password reset, invitation):
     # never taken from a request's Host header, which whoever asks for a reset chooses.
     public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    # Each invitation may mail a stranger through the operator's system mail, with a subject the
+    # inviting organization names: a bound on how much of that one organization can send.
+    invitations_per_day: int = Field(default=50, ge=1)
     login_max_failures: int = Field(default=5, ge=1)
     login_failure_window_seconds: float = Field(default=900.0, gt=0)
 

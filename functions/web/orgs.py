@@ -10,7 +10,7 @@ from starlette.responses import Response
 from remails.accounts import normalise_email
 from remails.crypto import generate_secret
 from remails.db import orgs, users
-from remails.errors import Conflict, Forbidden, InvalidInput, NotFound
+from remails.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
 from remails_functions.api import organizations as api_orgs
 from remails_functions.api.auth import Principal
 from remails_functions.api.models import OrganizationCreate, OrganizationUpdate, ProjectCreate
@@ -129,6 +129,9 @@ async def invite(org_id: UUID, request: Request) -> Response:
         raise InvalidInput("is not an e-mail address", field="email")
     token = generate_secret(24)
     async with scope.changing("invitation.create", details={"email": email, "role": role}) as conn:
+        wait = await users.invitation_wait(conn, org_id, scope.ctx.settings.invitations_per_day)
+        if wait:
+            raise RateLimited(wait)  # the transaction, and with it the audit entry, is undone
         await users.create_invitation(conn, org_id, email, role, token, INVITATION_SECONDS)
     link = f"{scope.ctx.settings.effective_public_url}/invite/{token}"
     text = (

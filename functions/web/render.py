@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from remails.errors import RemailsError
+from remails.errors import RateLimited, RemailsError
 from remails_functions.web.session import LoginRequired
 
 __all__ = ["CSP", "PageRoute", "SecurityHeaders", "page", "redirect"]
@@ -63,7 +63,10 @@ class PageRoute(APIRoute):
                 if status >= 500:
                     raise
                 message, field = _problem(exc)
-                return page(request, "error.html", status, message=message, field=field, code=status)
+                response = page(request, "error.html", status, message=message, field=field, code=status)
+                if isinstance(exc, RateLimited):
+                    response.headers["Retry-After"] = str(exc.retry_after)
+                return response
 
         return run
 

@@ -266,6 +266,33 @@ async def list_members(pool: asyncpg.Pool, org_id: UUID) -> list[Member]:
     return [Member(**r) for r in rows]
 
 
+async def invitation_wait(conn: Executor, org_id: UUID, per_day: int) -> int:
+    """0 when the organization may create one more invitation now (fewer than `per_day` in the
+    last 24 hours), else the whole seconds until it may. Call in the creating transaction: the
+    lock makes concurrent invitations of one organization count one after the other."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('invitations ' || $1::uuid::text, 0))", org_id
+    )
+    wait = await conn.fetchval(
+        """
+        WITH recent AS (
+            SELECT created_at FROM invitations
+             WHERE organization_id = $1 AND created_at > now() - interval '1 day'
+             ORDER BY created_at DESC LIMIT $2
+        )
+        -- Full: the oldest of the newest `per_day` has to leave the window first.
+        SELECT CASE WHEN count(*) < $2 THEN 0
+                    ELSE GREATEST(1, ceil(extract(epoch FROM
+                                                  min(created_at) + interval '1 day' - now())))::int
+               END
+          FROM recent
+        """,
+        org_id,
+        per_day,
+    )
+    return int(wait)
+
+
 async def create_invitation(
     pool: Executor, org_id: UUID, email: str, role: str, token: str, lifetime_seconds: float
 ) -> Invitation:

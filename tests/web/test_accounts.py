@@ -3,8 +3,11 @@ and that a user is exactly as powerful as an API key of their role in their orga
 
 from __future__ import annotations
 
+import asyncio
 import time
+from uuid import UUID
 
+import httpx
 import pyotp
 
 from remails.config import Settings
@@ -317,3 +320,54 @@ async def test_signup_is_closed_unless_opened(site: Site, pool: Pool, settings: 
     org = await orgs.get_organization(pool, membership.organization_id)
     probe = await orgs.create_organization(pool, "probe")  # the default quota
     assert org is not None and org.monthly_quota == probe.monthly_quota
+
+
+async def test_an_organization_creates_only_so_many_invitations_a_day(pool: Pool, settings: Settings) -> None:
+    """Each invitation may mail a stranger through the operator's system mail: past the day's
+    bound the dashboard answers 429 with Retry-After and stores nothing, also when the
+    invitations come at once; another organization keeps its own allowance."""
+    site = await make_site(pool, settings, invitations_per_day=3)
+    try:
+        await add_user(pool, "ann@acme.test", org=site.acme)
+        await site.login("ann@acme.test")
+        page = await site.client.get(f"/orgs/{site.acme.org_id}/members")
+        csrf = csrf_of(page.text)
+
+        async def invite(client: httpx.AsyncClient, org: UUID, n: int) -> httpx.Response:
+            return await client.post(
+                f"/orgs/{org}/members/invite",
+                data={"email": f"friend{n}@elsewhere.test", "role": "read_only", "csrf": csrf},
+            )
+
+        answers = await asyncio.gather(*(invite(site.client, site.acme.org_id, n) for n in range(6)))
+        assert sorted(a.status_code for a in answers) == [201, 201, 201, 429, 429, 429]
+        refused = next(a for a in answers if a.status_code == 429)
+        # The oldest of the three leaves the 24-hour window in about a day.
+        assert 86_000 <= int(refused.headers["retry-after"]) <= 86_400
+        assert "too many requests" in refused.text
+        stored = "SELECT count(*) FROM invitations WHERE organization_id = $1"
+        assert await pool.fetchval(stored, site.acme.org_id) == 3
+        audited = "SELECT count(*) FROM audit_log WHERE action = 'invitation.create' AND organization_id = $1"
+        assert await pool.fetchval(audited, site.acme.org_id) == 3
+
+        await add_user(pool, "olga@other.test", org=site.other)
+        async with site.fresh() as olga:
+            form = await olga.get("/login")
+            await olga.post(
+                "/login", data={"email": "olga@other.test", "password": PASSWORD, "csrf": csrf_of(form.text)}
+            )
+            page = await olga.get(f"/orgs/{site.other.org_id}/members")
+            csrf = csrf_of(page.text)
+            assert (await invite(olga, site.other.org_id, 9)).status_code == 201
+
+        # A day later the window has moved on.
+        await pool.execute(
+            "UPDATE invitations SET created_at = created_at - interval '1 day 1 minute'"
+            " WHERE organization_id = $1",
+            site.acme.org_id,
+        )
+        page = await site.client.get(f"/orgs/{site.acme.org_id}/members")
+        csrf = csrf_of(page.text)
+        assert (await invite(site.client, site.acme.org_id, 7)).status_code == 201
+    finally:
+        await site.client.aclose()
