@@ -168,9 +168,22 @@ async def _login_failed(
                 details={**details, "email": attempted},
             )
         else:
-            await audit.record_for_user(
-                conn, user_actor(request, user.id), "user.login_failed", user.id, details=details
+            actor = user_actor(request, user.id)
+            await audit.record_for_user(conn, actor, "user.login_failed", user.id, details=details)
+            # The failure that locks the account is told once: the refused attempts after it
+            # are not written, so a guesser cannot grow the log without bound.
+            account, _ = await users.count_login_failures(
+                conn, email, client, ctx.settings.login_failure_window_seconds
             )
+            if account == ctx.settings.login_max_failures:
+                window = int(ctx.settings.login_failure_window_seconds)
+                await audit.record_for_user(
+                    conn,
+                    actor,
+                    "user.login_throttled",
+                    user.id,
+                    details={"failures": account, "seconds": window},
+                )
     log_event(logger, "login_failed", client=client)
 
 

@@ -192,7 +192,7 @@ async def record_login_failure(pool: Executor, email: str, client: str) -> None:
 
 
 async def count_login_failures(
-    pool: asyncpg.Pool, email: str, client: str, window_seconds: float
+    pool: Executor, email: str, client: str, window_seconds: float
 ) -> tuple[int, int]:
     """Failures in the window: (for this account, from this client address)."""
     row = required(

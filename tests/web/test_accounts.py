@@ -79,6 +79,14 @@ async def test_ten_wrong_passwords_are_throttled(site: Site) -> None:
     codes = [(await site.login("ann@acme.test", "wrong password!")).status_code for _ in range(10)]
     assert codes[:5] == [401] * 5  # REMAILS_LOGIN_MAX_FAILURES=5
     assert codes[5:] == [429] * 5
+    # The organization's audit log has each counted failure and, once, the lock.
+    actions = await site.pool.fetch(
+        "SELECT action, details FROM audit_log WHERE organization_id = $1 AND action LIKE 'user.login%'"
+        " ORDER BY id",
+        site.acme.org_id,
+    )
+    assert [a["action"] for a in actions] == ["user.login_failed"] * 5 + ["user.login_throttled"]
+    assert actions[-1]["details"] == {"failures": 5, "seconds": 900}
     # Now even the right password is refused, from this browser and from a fresh one.
     answer = await site.login("ann@acme.test")
     assert answer.status_code == 429 and "Too many failed attempts" in answer.text
