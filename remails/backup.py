@@ -40,7 +40,7 @@ import pyrage
 
 from remails.config import Settings
 from remails.crypto import MasterKey, load_master_key
-from remails.db import Database, connect
+from remails.db import Database, audit, connect
 from remails.db.embedded import PG_BIN_DIR
 from remails.db.migrate import migrate
 from remails.db.operations import (
@@ -515,6 +515,11 @@ async def restore(settings: Settings, source: str, identity: Path) -> dict[str, 
             manifest = await asyncio.to_thread(_restore_file, Path(source), identities, master_key, db.dsn)
         await migrate(db.pool)
         counts = await restored_counts(db.pool)
+        # After the restored log's last entry: who brought this data back, from where.
+        details = {"source": source, "created_at": manifest.get("created_at"), **counts}
+        await audit.record(
+            db.pool, audit.operator_cli(), "backup.restore", organization_id=None, details=details
+        )
     finally:
         await db.close()
     return {
