@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     api_auth_failure_burst: int = Field(default=20, ge=1)
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_max_concurrency: int = Field(default=1000, ge=1)
+    # Reverse proxies whose X-Forwarded-For (and -Proto) names the client: the browser's address
+    # the audit log and the sign-in throttle see. Behind an ingress that is not on loopback,
+    # every browser would otherwise be the ingress — one client, throttled for everyone.
+    http_trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
 
     # Dashboard accounts
     signup: Literal["closed", "open"] = "closed"
@@ -252,7 +256,7 @@ class Settings(BaseSettings):
             networks[str(ipaddress.ip_network(cidr.strip(), strict=False))] = project.strip()
         return networks
 
-    @field_validator("proxy_trusted_networks", mode="before")
+    @field_validator("proxy_trusted_networks", "http_trusted_proxies", mode="before")
     @classmethod
     def _proxy_networks(cls, value: Any) -> Any:
         return [str(ipaddress.ip_network(cidr, strict=False)) for cidr in _split_commas(value)]

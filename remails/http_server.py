@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import h11
@@ -61,6 +61,7 @@ def bounded_config(
     *,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    trusted_proxies: Sequence[str] = ("127.0.0.1/32", "::1/128"),
 ) -> uvicorn.Config:
     protocol = type("BoundedH11", (_BoundedH11,), {"header_timeout": header_timeout})
     return uvicorn.Config(
@@ -72,6 +73,9 @@ def bounded_config(
         access_log=False,
         http=protocol,
         limit_concurrency=max_concurrency,
+        # Given, never read from uvicorn's FORWARDED_ALLOW_IPS environment variable.
+        proxy_headers=True,
+        forwarded_allow_ips=list(trusted_proxies),
     )
 
 
@@ -90,9 +94,15 @@ class HttpServer:
         *,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        trusted_proxies: Sequence[str] = ("127.0.0.1/32", "::1/128"),
     ) -> None:
         config = bounded_config(
-            app, host, port, header_timeout=header_timeout, max_concurrency=max_concurrency
+            app,
+            host,
+            port,
+            header_timeout=header_timeout,
+            max_concurrency=max_concurrency,
+            trusted_proxies=trusted_proxies,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -232,7 +232,10 @@ locals {
             ports = [{ containerPort = 8080 }]
             env = concat(
               [for k, v in local.function_env : { name = k, value = v }],
-              [{ name = "REMAILS_HTTP_LISTEN", value = "0.0.0.0:8080" }],
+              [
+                { name = "REMAILS_HTTP_LISTEN", value = "0.0.0.0:8080" },
+                { name = "REMAILS_HTTP_TRUSTED_PROXIES", value = join(",", var.http_trusted_proxies) },
+              ],
             )
             envFrom        = [{ secretRef = { name = local.secret_name } }]
             readinessProbe = { httpGet = { path = "/readyz", port = 8080 } }

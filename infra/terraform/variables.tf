@@ -142,6 +142,12 @@ variable "proxy_trusted_networks" {
   default     = ["10.100.0.0/24"]
 }
 
+variable "http_trusted_proxies" {
+  description = "CIDRs of the hops in front of the HTTP API whose X-Forwarded-For is believed (REMAILS_HTTP_TRUSTED_PROXIES): the queue-proxy on loopback, then the ingress and activator pods. Narrow it to the cluster's pod network where you know it; the browser's address the audit log and the sign-in throttle see is the last one before these."
+  type        = list(string)
+  default     = ["127.0.0.1/32", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+}
+
 variable "load_balancer_annotations" {
   description = "Extra annotations for the SMTP LoadBalancer Service (merged over the UpCloud configuration)."
   type        = map(string)

@@ -94,6 +94,7 @@ class Runtime:
                 port,
                 header_timeout=self.settings.http_header_timeout_seconds,
                 max_concurrency=self.settings.http_max_concurrency,
+                trusted_proxies=self.settings.http_trusted_proxies,
             )
             await self.api.start()
         self._ticker = asyncio.create_task(self._tick_forever())

@@ -42,6 +42,7 @@ async def _serve_http(app: Any, settings: Settings) -> None:
         port,
         header_timeout=settings.http_header_timeout_seconds,
         max_concurrency=settings.http_max_concurrency,
+        trusted_proxies=settings.http_trusted_proxies,
     )
     server = uvicorn.Server(config)
     await server.serve()
