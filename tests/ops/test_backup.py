@@ -195,6 +195,7 @@ async def test_backup_drop_restore_brings_everything_back(
     try:
         # The restore is the operator's entry, after everything it brought back.
         last = await again.fetchrow("SELECT * FROM audit_log ORDER BY id DESC LIMIT 1")
+        assert last is not None
         assert (last["action"], last["actor_kind"], last["organization_id"]) == (
             "backup.restore",
             "operator",
