@@ -51,16 +51,17 @@ $(INFRA_SCHEMAS):
 
 # Debian tools the tests drive as real peers (swaks) and load generators (postfix's smtp-source),
 # kubectl, whose --help tests/infra/test_deploy_doc.py checks docs/deploy.md against, and
-# promtool (Debian's prometheus; its server is stopped), which checks infra/observability's rules.
+# promtool (Debian's prometheus; its server is stopped), which checks infra/observability's rules,
+# and zbarimg (zbar-tools), which reads the two-factor QR code off Chromium's screenshot.
 debian-tools:
 	@if ! command -v swaks >/dev/null || ! command -v smtp-sink >/dev/null || ! command -v kubectl >/dev/null \
-		|| ! command -v chromium >/dev/null || ! command -v promtool >/dev/null \
+		|| ! command -v chromium >/dev/null || ! command -v promtool >/dev/null || ! command -v zbarimg >/dev/null \
 		|| ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null; then \
 		echo "installing swaks and postfix tools"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends swaks libnet-ssleay-perl libio-socket-ssl-perl \
-			libauthen-sasl-perl postfix kubectl chromium prometheus >/dev/null; \
+			libauthen-sasl-perl postfix kubectl chromium prometheus zbar-tools >/dev/null; \
 		$$SUDO postfix stop >/dev/null 2>&1 || true; \
 		$$SUDO service prometheus stop >/dev/null 2>&1 || true; \
 	fi

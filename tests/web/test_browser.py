@@ -5,8 +5,10 @@ no console error. Screenshots go to the test's tmp folder (`screenshots/`)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pyotp
@@ -150,7 +152,7 @@ def _tenant(org_id: Any) -> Tenant:
     return Tenant(org_id, org_id, "", "", "")  # add_user needs only the organization
 
 
-async def test_log_in_with_two_factor(world: World, chromium: Launch) -> None:
+async def test_log_in_with_two_factor(world: World, chromium: Launch, tmp_path: Path) -> None:
     runtime = await world.runtime()
     assert runtime.db is not None
     org = await orgs.create_organization(runtime.db.pool, "Bakery Ltd")
@@ -161,6 +163,23 @@ async def test_log_in_with_two_factor(world: World, chromium: Launch) -> None:
     await page.get_by_role("link", name="dev@bakery.test").click()
     await page.get_by_role("button", name="Set up two-factor").click()
     secret = (await page.locator("#totp-secret").inner_text()).strip()
+    # The QR code, as Chromium draws it, read by a real decoder (zbar): the same key, for this
+    # account, from Remails.
+    shot = tmp_path / "totp-qr.png"
+    await page.locator("#totp-qr svg").screenshot(path=str(shot))
+    zbar = await asyncio.create_subprocess_exec(
+        "zbarimg", "--quiet", "--raw", str(shot), stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await asyncio.wait_for(zbar.communicate(), 30)
+    assert zbar.returncode == 0, "zbarimg found no QR code in the screenshot"
+    scanned = output.decode().strip()
+    scanned_totp = pyotp.parse_uri(scanned)
+    assert isinstance(scanned_totp, pyotp.TOTP)
+    assert (scanned_totp.secret, scanned_totp.name, scanned_totp.issuer) == (
+        secret,
+        "dev@bakery.test",
+        "Remails",
+    )
     totp = pyotp.TOTP(secret)
     await page.get_by_label("Code").fill(totp.at(time.time() - 30))
     await page.get_by_role("button", name="Turn on two-factor").click()
