@@ -17,6 +17,7 @@ import inspect
 import logging
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MethodType
@@ -118,6 +119,9 @@ def _cacheable(handler: Any, rest: dict[str, Any]) -> bool:
     return not any(k.startswith(("auth_", "handle_")) for k in getattr(handler, "__dict__", ()))
 
 
+_checked_contexts: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+
+
 def init_protocol(
     protocol: SMTP,
     handler: Any,
@@ -190,7 +194,10 @@ def init_protocol(
     p.command_size_limits.clear()
     p.hostname = hostname if hostname else socket.getfqdn()
     p.tls_context = tls_context
-    if tls_context:
+    if tls_context and tls_context not in _checked_contexts:
+        # aiosmtpd's checks of the context, once per context (its enum properties cost ~1 % of a
+        # session's CPU when read on every connection).
+        _checked_contexts.add(tls_context)
         if tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
             _aiosmtpd_log.warning(
                 "tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
