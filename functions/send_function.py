@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from remails.context import Context, function_context
 from remails.errors import PayloadTooLarge, RemailsError
 from remails.rate_limit import TokenBuckets
-from remails_functions.api.auth import principal_for
+from remails_functions.api.auth import principal_for, request_client_ip
 from remails_functions.api.errors import error_response, validation_response
 from remails_functions.api.models import RawSendRequest
 from remails_functions.compose import SendRequest
@@ -37,7 +37,7 @@ async def handle_send_request(
     if match is None or request.method != "POST":
         return error_response(404, "not_found", "POST /v1/projects/{project_id}/messages[/raw]")
     try:
-        client = request.client.host if request.client else None
+        client = request_client_ip(request)
         authorization = request.headers.get("authorization")
         principal = await principal_for(ctx, buckets, authorization, client=client, failures=failures)
         body = await request.body()

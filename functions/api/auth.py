@@ -9,6 +9,7 @@ never 403, so its existence does not leak.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -105,6 +106,19 @@ def get_ctx(request: Request) -> Context:
     return ctx
 
 
+def request_client_ip(request: Request) -> str | None:
+    """The client's address (as the trusted proxies forwarded it), or None when that is no
+    address: uvicorn passes any forwarded text on, which the audit log's inet column and the
+    throttles must not take."""
+    host = request.client.host if request.client else None
+    if host is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 async def principal_for(
     ctx: Context,
     buckets: TokenBuckets,
@@ -149,7 +163,7 @@ async def authenticate(
             ctx.settings.api_auth_failure_rate_per_second, ctx.settings.api_auth_failure_burst
         )
         request.app.state.auth_failures = failures
-    client = request.client.host if request.client else None
+    client = request_client_ip(request)
     principal = await principal_for(
         ctx, request.app.state.rate_limits, header, client=client, failures=failures
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime
 from uuid import UUID
 
 from fastapi import APIRouter, Request
@@ -31,6 +32,7 @@ from remails_functions.web.session import (
     LoginRequired,
     Visitor,
     check_csrf,
+    client_ip,
     ctx_of,
     pre_session_token,
     read_form,
@@ -60,7 +62,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_ip(request) or "unknown"
 
 
 async def _start_session(
@@ -82,13 +84,26 @@ async def _start_session(
     return response
 
 
-async def _check_throttle(ctx: Context, email: str, client: str) -> None:
-    account, from_client = await users.count_login_failures(
-        ctx.pool, email, client, ctx.settings.login_failure_window_seconds
-    )
-    if throttled(account, from_client, ctx.settings.login_max_failures):
-        log_event(logger, "login_throttled", client=client)
-        raise RateLimited(int(ctx.settings.login_failure_window_seconds))
+async def _reserve_attempt(request: Request, ctx: Context, email: str, user: users.User | None) -> datetime:
+    """Count this attempt as a failure before its password or code is checked (withdrawn when
+    it is right), under a lock per address: a burst of guesses gets no more tries than one at
+    a time. RateLimited when the account or the client address is throttled; the first refusal
+    in a window is the account's `user.login_throttled` entry (later ones write nothing)."""
+    client = _client(request)
+    window = ctx.settings.login_failure_window_seconds
+    async with transaction(ctx.pool) as conn:
+        await users.lock_login(conn, email)
+        account, from_client = await users.count_login_failures(conn, email, client, window)
+        if not throttled(account, from_client, ctx.settings.login_max_failures):
+            return await users.record_login_failure(conn, email, client)
+        if user is not None and not await audit.recent_user_entry(
+            conn, user.id, "user.login_throttled", window
+        ):
+            details = {"failures": account, "seconds": int(window)}
+            actor = user_actor(request, user.id)
+            await audit.record_for_user(conn, actor, "user.login_throttled", user.id, details=details)
+    log_event(logger, "login_throttled", client=client)
+    raise RateLimited(int(window))
 
 
 def anonymous_page(request: Request, template: str, status: int = 200, **values: object) -> Response:
@@ -122,8 +137,9 @@ async def login(request: Request) -> Response:
     email = normalise_email(form.text("email", max_length=254))
     password = form.get("password", "")
     client = _client(request)
+    user = await users.get_user_by_email(ctx.pool, email)
     try:
-        await _check_throttle(ctx, email, client)
+        reserved = await _reserve_attempt(request, ctx, email, user)
     except RateLimited:
         return _login_page(
             request,
@@ -131,15 +147,17 @@ async def login(request: Request) -> Response:
             email=email,
             error="Too many failed attempts. Wait a few minutes before trying again.",
         )
-    user = await users.get_user_by_email(ctx.pool, email)
     if not verify_password(user.password_hash if user else None, password) or user is None:
         await _login_failed(request, ctx, email, user, "password")
         return _login_page(request, 401, email=email, error="Wrong email or password.")
-    await users.clear_login_failures(ctx.pool, email)
     await sessions.purge_expired(ctx.pool)  # sign-ins are rare enough to carry the clean-up
     to = _safe_next(form.get("next"))
     if user.two_factor:  # signed in once the code is given, and logged then
+        # Only this attempt is withdrawn: the account's failed codes still count until the
+        # second factor is given (a known password must not reset the code throttle).
+        await users.withdraw_login_failure(ctx.pool, email, client, reserved)
         return await _start_session(request, ctx, user, "/login/code?next=" + to, second_factor=False)
+    await users.clear_login_failures(ctx.pool, email)
     log_event(logger, "login", user_id=str(user.id))
     async with transaction(ctx.pool) as conn:
         await audit.record_for_user(conn, user_actor(request, user.id), "user.login", user.id)
@@ -149,11 +167,10 @@ async def login(request: Request) -> Response:
 async def _login_failed(
     request: Request, ctx: Context, email: str, user: users.User | None, reason: str
 ) -> None:
-    """Counted for the throttle and logged for the account's organizations (the attempted
-    address only when it is no account's) — never the password."""
+    """Logged for the account's organizations (the attempted address only when it is no
+    account's) — never the password; the throttle counted the attempt already."""
     client = _client(request)
     async with transaction(ctx.pool) as conn:
-        await users.record_login_failure(conn, email, client)
         details = {"reason": reason}
         if user is None:
             actor = user_actor(request, None)
@@ -170,20 +187,6 @@ async def _login_failed(
         else:
             actor = user_actor(request, user.id)
             await audit.record_for_user(conn, actor, "user.login_failed", user.id, details=details)
-            # The failure that locks the account is told once: the refused attempts after it
-            # are not written, so a guesser cannot grow the log without bound.
-            account, _ = await users.count_login_failures(
-                conn, email, client, ctx.settings.login_failure_window_seconds
-            )
-            if account == ctx.settings.login_max_failures:
-                window = int(ctx.settings.login_failure_window_seconds)
-                await audit.record_for_user(
-                    conn,
-                    actor,
-                    "user.login_throttled",
-                    user.id,
-                    details={"failures": account, "seconds": window},
-                )
     log_event(logger, "login_failed", client=client)
 
 
@@ -210,15 +213,15 @@ async def code(request: Request) -> Response:
     who = await visitor(request, second_factor_done=False)
     form = await read_form(request)
     check_csrf(request, form, who)
-    client = _client(request)
     try:
-        await _check_throttle(ctx, who.user.email, client)
+        await _reserve_attempt(request, ctx, who.user.email, who.user)
     except RateLimited:
         await sessions.delete_session(ctx.pool, who.token)
         return redirect("/login")
     if not await second_factor_ok(ctx, who.user, form.text("code", max_length=40)):
         await _login_failed(request, ctx, who.user.email, who.user, "second_factor")
         return page(request, "code.html", 401, csrf=who.csrf, error="That code is not valid.")
+    await users.clear_login_failures(ctx.pool, who.user.email)
     log_event(logger, "login", user_id=str(who.user.id), second_factor=True)
     to = _safe_next(request.query_params.get("next"))
     async with transaction(ctx.pool) as conn:

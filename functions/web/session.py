@@ -19,7 +19,7 @@ from remails.context import Context
 from remails.crypto import generate_secret
 from remails.db import audit, sessions, users
 from remails.errors import Forbidden, InvalidInput, NotFound
-from remails_functions.api.auth import Principal
+from remails_functions.api.auth import Principal, request_client_ip
 
 __all__ = [
     "PRE_COOKIE",
@@ -164,7 +164,7 @@ def _login_target(request: Request) -> str:
 
 def client_ip(request: Request) -> str | None:
     """The browser's address, for the audit log and the sign-in throttle."""
-    return request.client.host if request.client else None
+    return request_client_ip(request)
 
 
 def user_actor(request: Request, user_id: UUID | None) -> audit.Actor:

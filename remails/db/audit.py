@@ -129,6 +129,18 @@ async def record_for_user(
     )
 
 
+async def recent_user_entry(conn: Executor, user_id: UUID, action: str, within_seconds: float) -> bool:
+    """Whether the user's account has an entry for `action` from the last `within_seconds`."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM audit_log WHERE actor_kind = 'user' AND actor_id = $1"
+        " AND action = $2 AND at > now() - make_interval(secs => $3))",
+        str(user_id),
+        action,
+        within_seconds,
+    )
+    return bool(found)
+
+
 @dataclass(frozen=True)
 class AuditPage:
     entries: list[AuditEntry]

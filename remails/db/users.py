@@ -35,6 +35,7 @@ __all__ = [
     "list_invitations",
     "list_members",
     "list_memberships",
+    "lock_login",
     "record_login_failure",
     "reset_is_open",
     "set_membership",
@@ -43,6 +44,7 @@ __all__ = [
     "spend_recovery_code",
     "spend_totp_step",
     "use_password_reset",
+    "withdraw_login_failure",
 ]
 
 
@@ -187,8 +189,29 @@ async def spend_recovery_code(pool: asyncpg.Pool, user_id: UUID, code: str) -> b
     return bool(status == "UPDATE 1")
 
 
-async def record_login_failure(pool: Executor, email: str, client: str) -> None:
-    await pool.execute("INSERT INTO login_failures (email, client) VALUES (lower($1), $2)", email, client)
+async def lock_login(conn: Executor, email: str) -> None:
+    """Sign-in attempts for one address one after the other (in the caller's transaction), so
+    concurrent guesses cannot all pass the throttle's count before any is recorded."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('login ' || lower($1), 0))", email)
+
+
+async def record_login_failure(pool: Executor, email: str, client: str) -> datetime:
+    """One failure; its time, which `withdraw_login_failure` takes to remove it again."""
+    failed_at: datetime = await pool.fetchval(
+        "INSERT INTO login_failures (email, client) VALUES (lower($1), $2) RETURNING failed_at", email, client
+    )
+    return failed_at
+
+
+async def withdraw_login_failure(pool: Executor, email: str, client: str, failed_at: datetime) -> None:
+    """Remove the one failure counted in advance for an attempt that turned out right."""
+    await pool.execute(
+        "DELETE FROM login_failures WHERE ctid = (SELECT ctid FROM login_failures"
+        " WHERE email = lower($1) AND client = $2 AND failed_at = $3 LIMIT 1)",
+        email,
+        client,
+        failed_at,
+    )
 
 
 async def count_login_failures(

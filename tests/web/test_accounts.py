@@ -9,9 +9,11 @@ from uuid import UUID
 
 import httpx
 import pyotp
+from starlette.requests import Request
 
 from remails.config import Settings
 from remails.db import Pool, orgs, users
+from remails_functions.api.auth import request_client_ip
 from tests.web.conftest import PASSWORD, Site, add_user, csrf_of, make_site
 
 
@@ -379,3 +381,76 @@ async def test_an_organization_creates_only_so_many_invitations_a_day(pool: Pool
         assert (await invite(site.client, site.acme.org_id, 7)).status_code == 201
     finally:
         await site.client.aclose()
+
+
+async def test_a_burst_of_guesses_gets_no_more_tries_than_one_at_a_time(site: Site) -> None:
+    """Twenty wrong passwords at once: each attempt is counted before its password is checked,
+    under a lock per address — five are checked, fifteen refused, the lock logged once."""
+    await add_user(site.pool, "ann@acme.test", org=site.acme)
+    form = await site.client.get("/login")
+    csrf = csrf_of(form.text)
+
+    async def guess(n: int) -> int:
+        answer = await site.client.post(
+            "/login", data={"email": "ann@acme.test", "password": f"guess number {n}", "csrf": csrf}
+        )
+        return answer.status_code
+
+    codes = await asyncio.gather(*(guess(n) for n in range(20)))
+    assert sorted(codes) == [401] * 5 + [429] * 15
+    actions = await site.pool.fetch(
+        "SELECT action FROM audit_log WHERE organization_id = $1 AND action LIKE 'user.login%'",
+        site.acme.org_id,
+    )
+    assert sorted(a["action"] for a in actions) == ["user.login_failed"] * 5 + ["user.login_throttled"]
+
+
+async def test_the_right_password_does_not_reset_the_code_throttle(site: Site) -> None:
+    """Someone who knows the password gets five wrong codes in the window, not five per
+    sign-in: the password step withdraws only its own attempt."""
+    await add_user(site.pool, "ann@acme.test", org=site.acme)
+    await site.login("ann@acme.test")
+    account = await site.client.get("/account")
+    setup = await site.client.post("/account/two-factor/start", data={"csrf": csrf_of(account.text)})
+    secret = setup.text.split('id="totp-secret">')[1].split("<")[0]
+    totp = pyotp.TOTP(secret)
+    done = await site.client.post(
+        "/account/two-factor/confirm", data={"csrf": csrf_of(setup.text), "code": totp.now()}
+    )
+    assert done.status_code == 200
+    wrong = "000000" if totp.now() != "000000" else "111111"
+    answers = []
+    async with site.fresh() as thief:
+        for _ in range(3):  # sign in with the password, try two codes, sign in again ...
+            form = await thief.get("/login")
+            signed = await thief.post(
+                "/login", data={"email": "ann@acme.test", "password": PASSWORD, "csrf": csrf_of(form.text)}
+            )
+            answers.append(signed.status_code)
+            if signed.status_code != 303:
+                break
+            page = await thief.get("/login/code")
+            for _ in range(2):
+                tried = await thief.post("/login/code", data={"csrf": csrf_of(page.text), "code": wrong})
+                answers.append(tried.status_code)
+    # Five wrong codes in all, then the account is locked — the third sign-in's second code
+    # and any sign-in after it are refused.
+    assert answers == [303, 401, 401, 303, 401, 401, 303, 401, 303], answers
+    async with site.fresh() as again:
+        form = await again.get("/login")
+        locked = await again.post(
+            "/login", data={"email": "ann@acme.test", "password": PASSWORD, "csrf": csrf_of(form.text)}
+        )
+        assert locked.status_code == 429
+
+
+def test_a_forwarded_text_that_is_no_address_is_no_client_address() -> None:
+    """uvicorn hands on whatever a trusted proxy forwarded: only an address is taken."""
+
+    def seen(host: str) -> str | None:
+        return request_client_ip(Request({"type": "http", "client": (host, 0), "headers": []}))
+
+    assert seen("203.0.113.9") == "203.0.113.9"
+    assert seen("2001:db8::1") == "2001:db8::1"
+    assert seen("not-an-ip") is None
+    assert seen("203.0.113.9, 10.0.0.1") is None
