@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from remails.accounts import normalise_email
+from remails.addresses import parse_mailbox
 from remails.crypto import generate_secret
 from remails.db import orgs, users
 from remails.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited
@@ -125,8 +126,8 @@ async def invite(org_id: UUID, request: Request) -> Response:
     role = form.text("role", max_length=20)
     if role not in ROLES:
         raise InvalidInput("is not a role", field="role")
-    if "@" not in email:
-        raise InvalidInput("is not an e-mail address", field="email")
+    if parse_mailbox(email) is None:  # one bare address: never a list, never a header break
+        raise InvalidInput("is not one e-mail address (local@domain)", field="email")
     token = generate_secret(24)
     async with scope.changing("invitation.create", details={"email": email, "role": role}) as conn:
         wait = await users.invitation_wait(conn, org_id, scope.ctx.settings.invitations_per_day)

@@ -349,6 +349,14 @@ async def test_an_organization_creates_only_so_many_invitations_a_day(pool: Pool
                 data={"email": f"friend{n}@elsewhere.test", "role": "read_only", "csrf": csrf},
             )
 
+        # Not one address: refused before anything counts or is stored.
+        for bad in ("a@x.test, b@y.test", "a@x.test\r\nBcc: c@z.test", "no-at-sign"):
+            refused = await site.client.post(
+                f"/orgs/{site.acme.org_id}/members/invite",
+                data={"email": bad, "role": "read_only", "csrf": csrf},
+            )
+            assert refused.status_code == 422 and "is not one e-mail address" in refused.text, bad
+
         answers = await asyncio.gather(*(invite(site.client, site.acme.org_id, n) for n in range(6)))
         assert sorted(a.status_code for a in answers) == [201, 201, 201, 429, 429, 429]
         refused = next(a for a in answers if a.status_code == 429)
