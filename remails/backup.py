@@ -516,7 +516,7 @@ async def restore(settings: Settings, source: str, identity: Path) -> dict[str, 
         await migrate(db.pool)
         counts = await restored_counts(db.pool)
         # After the restored log's last entry: who brought this data back, from where.
-        where = source if source.startswith("s3://") else str(Path(source).resolve())
+        where = source if source.startswith("s3://") else await asyncio.to_thread(os.path.abspath, source)
         details = {"source": where, "created_at": manifest.get("created_at"), **counts}
         await audit.record(
             db.pool, audit.operator_cli(), "backup.restore", organization_id=None, details=details
