@@ -118,13 +118,18 @@ async def test_logout_everywhere_ends_every_session(site: Site) -> None:
             assert gone.status_code == 303 and gone.headers["location"].startswith("/login")
 
 
-async def test_two_factor_login_needs_a_fresh_code(site: Site) -> None:
+async def _start_two_factor(site: Site) -> tuple[httpx.Response, pyotp.TOTP]:
+    """ann@acme.test signed in, two-factor set-up started: the set-up page and its key."""
     await add_user(site.pool, "ann@acme.test", org=site.acme)
     await site.login("ann@acme.test")
     account = await site.client.get("/account")
     setup = await site.client.post("/account/two-factor/start", data={"csrf": csrf_of(account.text)})
     secret = setup.text.split('id="totp-secret">')[1].split("<")[0]
-    totp = pyotp.TOTP(secret)
+    return setup, pyotp.TOTP(secret)
+
+
+async def test_two_factor_login_needs_a_fresh_code(site: Site) -> None:
+    setup, totp = await _start_two_factor(site)
     previous = totp.at(time.time() - 30)  # a neighbouring step is accepted (clock drift)
     done = await site.client.post(
         "/account/two-factor/confirm", data={"csrf": csrf_of(setup.text), "code": previous}
@@ -416,12 +421,7 @@ async def test_a_burst_of_guesses_gets_no_more_tries_than_one_at_a_time(site: Si
 async def test_the_right_password_does_not_reset_the_code_throttle(site: Site) -> None:
     """Someone who knows the password gets five wrong codes in the window, not five per
     sign-in: the password step withdraws only its own attempt."""
-    await add_user(site.pool, "ann@acme.test", org=site.acme)
-    await site.login("ann@acme.test")
-    account = await site.client.get("/account")
-    setup = await site.client.post("/account/two-factor/start", data={"csrf": csrf_of(account.text)})
-    secret = setup.text.split('id="totp-secret">')[1].split("<")[0]
-    totp = pyotp.TOTP(secret)
+    setup, totp = await _start_two_factor(site)
     done = await site.client.post(
         "/account/two-factor/confirm", data={"csrf": csrf_of(setup.text), "code": totp.now()}
     )
